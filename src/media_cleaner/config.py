@@ -1,0 +1,115 @@
+"""One settings object for the whole product: spec defaults, then a config file, then MEDIA_CLEANER_* env vars.
+
+No other module reads the environment; everything receives a `Settings` instance.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+AudioLevel = Literal["weak", "medium", "strong"]
+
+# The spec's Russian level names are a promise to users; both spellings are accepted everywhere.
+AUDIO_LEVEL_ALIASES: dict[str, AudioLevel] = {
+    "weak": "weak",
+    "medium": "medium",
+    "strong": "strong",
+    "слабый": "weak",
+    "средний": "medium",
+    "сильный": "strong",
+}
+
+
+def normalise_audio_level(value: str) -> AudioLevel:
+    """Map `weak/medium/strong` or `слабый/средний/сильный` (any case) to the canonical English name."""
+    key = str(value).strip().lower()
+    if key not in AUDIO_LEVEL_ALIASES:
+        allowed = ", ".join(AUDIO_LEVEL_ALIASES)
+        raise ValueError(f"unknown audio level {value!r}; expected one of: {allowed}")
+    return AUDIO_LEVEL_ALIASES[key]
+
+
+class Settings(BaseSettings):
+    """Effective configuration. Keys of the spec's SERVER_CONFIG keep their names."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDIA_CLEANER_", extra="forbid", validate_default=True)
+
+    # The spec's SERVER_CONFIG keys.
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    max_video_size_gb: float = Field(2.0, gt=0)
+    max_concurrent_tasks: int = Field(3, ge=1, le=256)
+    task_timeout_hours: float = Field(24.0, gt=0)
+    default_video_epsilon: float = Field(0.120, ge=0.0, le=1.0)
+    default_audio_level: AudioLevel = "weak"
+
+    # Directories the spec creates automatically (relative to `base_dir`).
+    base_dir: Path = Path(".")
+    input_dir: Path = Path("videos_input")
+    output_dir: Path = Path("videos_output")
+    temp_dir: Path = Path("videos_temp")
+    log_dir: Path = Path("server_logs")
+    queue_dir: Path = Path("queue_db")
+
+    # Queue, database, storage.
+    database_url: str = ""  # empty -> sqlite:///<queue_dir>/tasks.db
+    storage_url: str = ""  # empty -> the local directories above
+    max_attempts: int = Field(3, ge=1)
+    retention_hours: float = Field(24.0 * 7, gt=0)
+    cleanup_interval_minutes: float = Field(60.0, gt=0)
+
+    # Models and devices.
+    model_dir: Path | None = None  # explicit weights directory; searched first
+    model_cache_dir: Path = Path.home() / ".cache" / "media_cleaner"
+    allow_model_download: bool = True
+    device: str = "cpu"
+    torch_threads: int = Field(0, ge=0)  # 0 -> torch's default
+
+    # Output encoding.
+    video_crf: int = Field(18, ge=0, le=51)
+    video_preset: str = "medium"
+    audio_bitrate: str = "128k"
+    keep_metadata: bool = False
+
+    # Security.
+    api_keys: dict[str, str] = Field(default_factory=dict)  # key -> user id; empty -> auth off
+    webhook_secret: str = ""
+    webhook_allow_private: bool = False
+    debug: bool = False
+    log_json: bool = False
+
+    @field_validator("default_audio_level", mode="before")
+    @classmethod
+    def _audio_level(cls, value: Any) -> str:
+        return normalise_audio_level(value)
+
+    def path(self, name: Literal["input", "output", "temp", "log", "queue"]) -> Path:
+        """Absolute directory for one of the spec's automatic directories."""
+        relative: Path = getattr(self, f"{name}_dir")
+        return relative if relative.is_absolute() else (self.base_dir / relative).resolve()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_video_size_gb * 1024**3)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.path('queue') / 'tasks.db'}"
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Defaults <- config file (TOML or JSON) <- environment <- explicit overrides (e.g. CLI flags)."""
+    file_values: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        text = path.read_text(encoding="utf-8")
+        file_values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    env_values = Settings().model_dump(exclude_unset=True)
+    merged = {**file_values, **env_values, **{k: v for k, v in overrides.items() if v is not None}}
+    return Settings(**merged)

@@ -1,0 +1,1 @@
+"""Protectors: each one perturbs one modality against one family of target models."""
