@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from media_cleaner.config import AudioLevel, Settings
-from media_cleaner.progress import CancelToken
+from media_cleaner.progress import CancelToken, ProgressCallback, no_progress
 
 
 @dataclass
@@ -23,6 +23,7 @@ class VideoContext:
     frame_count: int | None
     cancel: CancelToken
     stats: dict[str, Any] = field(default_factory=dict)  # the protector's figures for the report
+    progress: ProgressCallback = no_progress  # 0..1 over the whole video (frames done / frame_count)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class AudioContext:
     channels: int
     cancel: CancelToken
     stats: dict[str, Any] = field(default_factory=dict)
+    progress: ProgressCallback = no_progress  # 0..1 over this track's protection
 
 
 class VideoProtector(Protocol):
