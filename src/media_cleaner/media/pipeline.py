@@ -1,0 +1,351 @@
+"""The streaming transcode: demux once, decode video in bounded batches, transform, encode H.264, carry audio.
+
+Video frames are decoded with libavcodec's own threads, handed to an optional transform as uint8 RGB batches
+(N, H, W, 3) in display orientation, and encoded with libx264 (yuv420p, CRF). Timestamps are carried through in the
+input stream's time base, so variable frame rate survives. Audio streams are stream-copied when untouched and the
+output container carries the codec, re-encoded to AAC otherwise, or encoded from protected PCM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from media_cleaner.errors import InvalidMediaError, UnsupportedMediaError
+from media_cleaner.media.audio import PcmFeeder, Transcoder, add_aac_stream, can_copy
+from media_cleaner.media.metadata import filter_tags
+from media_cleaner.media.probe import MediaInfo, open_input
+
+FrameTransform = Callable[[np.ndarray], np.ndarray]
+BatchObserver = Callable[[np.ndarray, np.ndarray], None]  # (original batch, transformed batch)
+
+# Output container per input extension: H.264 + AAC goes well in mp4/mov/mkv; others (webm, avi, mpg...) become mp4.
+_KEEP_EXT = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "mkv"}
+_MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska"}
+BATCH_BYTES = 64 * 1024 * 1024  # RGB bytes per batch; bounds memory whatever the clip length
+
+
+def output_extension_for(input_path: str | Path) -> str:
+    """Extension (no dot) of the protected file: same container for mp4/mov/mkv, mp4 for everything else."""
+    return _KEEP_EXT.get(Path(input_path).suffix.lower(), "mp4")
+
+
+def muxer_for(output_path: str | Path) -> str:
+    ext = Path(output_path).suffix.lower().lstrip(".")
+    ext = "mp4" if ext == "m4v" else ext
+    if ext not in _MUXERS:
+        raise UnsupportedMediaError(f"output must be .mp4, .mov or .mkv (H.264 + AAC), got {Path(output_path).name!r}")
+    return _MUXERS[ext]
+
+
+@dataclass
+class EncodeSettings:
+    crf: int = 18
+    preset: str = "medium"
+    audio_bitrate: str = "128k"
+    keep_metadata: bool = False
+    batch_frames: int | None = None  # None: from frame size (BATCH_BYTES)
+
+
+@dataclass
+class TranscodeResult:
+    frames: int = 0
+    width: int = 0  # encoded size
+    height: int = 0
+    padded: str | None = None  # "WxH -> W'xH'" when odd sizes were padded to even for yuv420p
+    rotation_applied: int = 0  # degrees the pixels were turned to display orientation
+    rgb_path: bool = True  # False when frames went decoder -> encoder without an RGB round trip
+    audio: list[dict[str, Any]] = field(default_factory=list)  # per stream: index, action, codec
+    dropped_tags: list[str] = field(default_factory=list)
+    dropped_streams: list[str] = field(default_factory=list)
+    output_format: str = ""
+
+
+@dataclass
+class ProtectedTrack:
+    pcm: np.ndarray  # float32 (channels, samples)
+    rate: int
+    layout: str
+    start_s: float
+
+
+def batch_size_for(width: int, height: int, requested: int | None = None) -> int:
+    if requested:
+        return max(1, requested)
+    return int(max(1, min(32, BATCH_BYTES // max(1, width * height * 3))))
+
+
+def upright(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """Turn (N, H, W, 3) frames by the display rotation (counter-clockwise degrees) so they look as players show."""
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2))) if k else frames
+
+
+def pad_even(frames: np.ndarray) -> np.ndarray:
+    """Replicate the last row/column when a side is odd: yuv420p needs even sizes; no pixel is lost."""
+    _, h, w, _ = frames.shape
+    ph, pw = h % 2, w % 2
+    if not (ph or pw):
+        return frames
+    return np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+
+
+def transcode(
+    info: MediaInfo,
+    output_path: str | Path,
+    *,
+    transform: FrameTransform | None = None,
+    protected_audio: dict[int, ProtectedTrack] | None = None,
+    encode: EncodeSettings | None = None,
+    observe: BatchObserver | None = None,
+    progress: Callable[[float], None] | None = None,
+    check: Callable[[], None] | None = None,
+    output_format: str | None = None,
+) -> TranscodeResult:
+    """Write `info.path` re-encoded to `output_path`. Raises `InvalidMediaError` on undecodable input."""
+    encode = encode or EncodeSettings()
+    protected_audio = protected_audio or {}
+    fmt = output_format or muxer_for(output_path)
+    result = TranscodeResult(output_format=fmt)
+    container = open_input(info.path)
+    try:
+        output = av.open(str(output_path), mode="w", format=fmt, options=_muxer_options(fmt, encode.keep_metadata))
+        try:
+            _run(info, container, output, fmt, transform, protected_audio, encode, observe, progress, check, result)
+        finally:
+            output.close()
+    finally:
+        container.close()
+    return result
+
+
+def _muxer_options(fmt: str, keep_metadata: bool) -> dict[str, str]:
+    options: dict[str, str] = {}
+    if fmt in ("mp4", "mov"):
+        options["movflags"] = "+faststart"
+    if not keep_metadata:
+        options["fflags"] = "+bitexact"  # no "encoder=Lavf..." tag and no muxing timestamps in the header
+    return options
+
+
+def _run(
+    info: MediaInfo,
+    container: av.container.InputContainer,
+    output: av.container.OutputContainer,
+    fmt: str,
+    transform: FrameTransform | None,
+    protected_audio: dict[int, ProtectedTrack],
+    encode: EncodeSettings,
+    observe: BatchObserver | None,
+    progress: Callable[[float], None] | None,
+    check: Callable[[], None] | None,
+    result: TranscodeResult,
+) -> None:
+    vin = next(s for s in container.streams if s.index == info.video.index)
+    vin.codec_context.thread_type = "AUTO"
+    rotation = info.video.rotation
+    disp_w, disp_h = info.video.display_width, info.video.display_height
+    out_w, out_h = disp_w + disp_w % 2, disp_h + disp_h % 2
+    result.width, result.height, result.rotation_applied = out_w, out_h, rotation
+    if (out_w, out_h) != (disp_w, disp_h):
+        result.padded = f"{disp_w}x{disp_h} -> {out_w}x{out_h}"
+    # Frames go straight from decoder to encoder only when nothing can change them: provably identity.
+    result.rgb_path = transform is not None or observe is not None or rotation != 0 or result.padded is not None
+
+    kept, dropped = filter_tags(dict(container.metadata), encode.keep_metadata)
+    output.metadata.update(kept)
+    result.dropped_tags.extend(dropped)
+
+    time_base = vin.time_base or Fraction(1, 90000)
+    rate = vin.average_rate or vin.guessed_rate or Fraction(round(info.video.fps * 1000), 1000)
+    vout = output.add_stream("libx264", rate=rate)
+    vout.width, vout.height, vout.pix_fmt = out_w, out_h, "yuv420p"
+    vout.time_base = time_base
+    vout.codec_context.time_base = time_base
+    vout.options = {"crf": str(encode.crf), "preset": encode.preset}
+    in_ctx = vin.codec_context
+    for attr in ("color_primaries", "color_trc", "colorspace", "color_range"):
+        try:
+            setattr(vout.codec_context, attr, getattr(in_ctx, attr))
+        except (AttributeError, ValueError, TypeError):
+            pass
+    _copy_stream_tags(vin, vout, encode.keep_metadata, result)
+
+    # Audio plan: one output stream per usable input audio stream, in input order.
+    audio_plan: dict[int, tuple[str, Any, Any]] = {}
+    for a in info.audio:
+        ain = next(s for s in container.streams if s.index == a.index)
+        if a.index in protected_audio:
+            track = protected_audio[a.index]
+            aout = add_aac_stream(output, track.rate, track.layout, encode.audio_bitrate)
+            start = container.start_time / 1e6 if container.start_time else 0.0
+            feeder = PcmFeeder(aout, track.pcm, track.rate, track.layout, track.start_s - start)
+            audio_plan[a.index] = ("protected", aout, feeder)
+            action, codec = "protected", "aac"
+        elif can_copy(a.codec, fmt):
+            aout = output.add_stream_from_template(ain)
+            audio_plan[a.index] = ("copy", aout, None)
+            action, codec = "copy", a.codec
+        else:
+            aout = add_aac_stream(output, a.sample_rate, a.layout, encode.audio_bitrate)
+            ain.codec_context.thread_type = "AUTO"
+            start = container.start_time / 1e6 if container.start_time else 0.0
+            audio_plan[a.index] = ("transcode", aout, Transcoder(ain, aout, start))
+            action, codec = "transcode", "aac"
+        _copy_stream_tags(ain, aout, encode.keep_metadata, result)
+        result.audio.append({"index": a.index, "action": action, "codec": codec, "source_codec": a.codec})
+    result.dropped_streams = list(info.other_streams)
+
+    start_us = container.start_time if container.start_time and container.start_time > 0 else 0
+    selected = [vin, *(s for s in container.streams if s.index in audio_plan)]
+    batch_size = batch_size_for(out_w, out_h, encode.batch_frames)
+    expected = max(1, info.video.frame_count or 1)
+    encoder = _VideoEncoder(vout, output, time_base, start_us, rate)
+    pending: list[av.VideoFrame] = []
+
+    def flush_batch() -> None:
+        if not pending:
+            return
+        if check:
+            check()
+        if result.rgb_path:
+            originals = _to_rgb(pending, rotation, info.video.width, info.video.height)
+            frames = transform(originals) if transform is not None else originals
+            if frames.shape != originals.shape or frames.dtype != np.uint8:
+                raise ValueError(f"video transform returned {frames.shape} {frames.dtype}, expected {originals.shape}")
+            if observe is not None:
+                observe(originals, frames)
+            encoder.encode_rgb(pad_even(frames), [f.pts for f in pending], in_ctx)
+        else:
+            encoder.encode_frames(pending)
+        result.frames += len(pending)
+        pending.clear()
+        if progress:
+            progress(min(0.99, result.frames / expected))
+
+    try:
+        for packet in container.demux(selected):
+            index = packet.stream.index
+            if index == vin.index:
+                for frame in _decode(vin, packet):
+                    pending.append(frame)
+                    if len(pending) >= batch_size:
+                        flush_batch()
+                continue
+            kind, aout, helper = audio_plan[index]
+            if kind == "copy":
+                _mux_copy(output, aout, packet, start_us)
+            elif kind == "transcode":
+                output.mux(helper.packets_for(packet if packet.size else None))
+            elif packet.pts is not None and packet.time_base:
+                end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - start_us / 1e6
+                output.mux(helper.packets_until(end))
+        flush_batch()
+    except av.FFmpegError as exc:
+        raise InvalidMediaError(f"decoding failed (corrupt or truncated input): {exc.strerror or exc}") from exc
+    if result.frames == 0:
+        raise InvalidMediaError("no decodable video frame (truncated or corrupt file)")
+    encoder.flush()
+    for kind, _aout, helper in audio_plan.values():
+        if kind == "protected":
+            output.mux(helper.packets_until(None))
+        elif kind == "transcode" and not helper.flushed:
+            output.mux(helper.packets_for(None))
+    if progress:
+        progress(1.0)
+
+
+def _decode(stream: av.video.stream.VideoStream, packet: av.Packet) -> Iterator[av.VideoFrame]:
+    try:
+        yield from packet.decode()
+    except av.InvalidDataError:
+        # One damaged packet (a truncated tail, a broken slice) costs its frame, not the whole job.
+        return
+
+
+def _to_rgb(frames: list[av.VideoFrame], rotation: int, width: int, height: int) -> np.ndarray:
+    batch = np.empty((len(frames), height, width, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        # Explicit size: a mid-stream size change is scaled back to the probed size rather than breaking the batch.
+        batch[i] = frame.to_ndarray(format="rgb24", width=width, height=height, src_color_range=frame.color_range)
+    return upright(batch, rotation)
+
+
+def _copy_stream_tags(src: av.stream.Stream, dst: av.stream.Stream, keep_all: bool, result: TranscodeResult) -> None:
+    kept, dropped = filter_tags(dict(src.metadata), keep_all)
+    dst.metadata.update(kept)
+    result.dropped_tags.extend(f"stream{src.index}:{k}" for k in dropped)
+
+
+def _mux_copy(output: av.container.OutputContainer, stream: av.stream.Stream, packet: av.Packet, start_us: int) -> None:
+    if not packet.size:
+        return  # demuxer's end-of-stream marker
+    if packet.pts is None:
+        if packet.dts is None:
+            return
+        packet.pts = packet.dts
+    if start_us and packet.time_base:
+        shift = int(round(start_us / 1e6 / packet.time_base))
+        packet.pts -= shift
+        if packet.dts is not None:
+            packet.dts -= shift
+    packet.stream = stream
+    output.mux(packet)
+
+
+class _VideoEncoder:
+    """libx264 encoding with timestamps carried from the input (shifted so the file starts at 0)."""
+
+    def __init__(
+        self,
+        stream: av.video.stream.VideoStream,
+        output: av.container.OutputContainer,
+        time_base: Fraction,
+        start_us: int,
+        rate: Fraction,
+    ) -> None:
+        self.stream = stream
+        self.output = output
+        self.time_base = time_base
+        self.shift = int(round(start_us / 1e6 / time_base)) if start_us else 0
+        self.step = max(1, int(round(1 / (float(rate) * time_base)))) if rate else 1
+        self.last: int | None = None
+        ctx = stream.codec_context
+        self.colorspace = ctx.colorspace or None
+        self.color_range = ctx.color_range or None
+
+    def _pts(self, pts: int | None) -> int:
+        value = pts - self.shift if pts is not None else (self.last + self.step if self.last is not None else 0)
+        if self.last is not None and value <= self.last:
+            value = self.last + 1  # the encoder needs strictly increasing timestamps (duplicate/garbled input pts)
+        self.last = value
+        return value
+
+    def encode_rgb(self, frames: np.ndarray, pts: list[int | None], in_ctx: av.codec.context.CodecContext) -> None:
+        for rgb, ts in zip(frames, pts, strict=True):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            kwargs: dict[str, Any] = {"format": "yuv420p"}
+            if self.colorspace:
+                kwargs["dst_colorspace"] = self.colorspace
+            if self.color_range:
+                kwargs["dst_color_range"] = self.color_range
+            frame = frame.reformat(**kwargs)
+            frame.pts = self._pts(ts)
+            frame.time_base = self.time_base
+            self.output.mux(self.stream.encode(frame))
+
+    def encode_frames(self, frames: list[av.VideoFrame]) -> None:
+        for frame in frames:
+            frame.pts = self._pts(frame.pts)
+            frame.time_base = self.time_base
+            frame.pict_type = av.video.frame.PictureType.NONE  # let x264 place keyframes, as the ffmpeg CLI does
+            self.output.mux(self.stream.encode(frame))
+
+    def flush(self) -> None:
+        self.output.mux(self.stream.encode(None))
