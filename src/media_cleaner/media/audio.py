@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from media_cleaner.errors import InvalidMediaError
+from media_cleaner.errors import InvalidMediaError, UnsupportedMediaError
 from media_cleaner.media.probe import open_input
 
 # Audio codecs each output container carries well (players included); anything else is re-encoded to AAC.
@@ -18,7 +18,17 @@ CONTAINER_AUDIO_CODECS: dict[str, set[str] | None] = {
     "mov": {"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_f32le"},
     "matroska": None,  # carries everything
 }
+DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 AAC_RATES = {96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350}
+
+
+def standard_layout(layout: str, channels: int) -> str:
+    """A named channel layout; streams with an unordered "N channels" layout get the default one for N."""
+    if "channels" in layout or not layout:
+        if channels not in DEFAULT_LAYOUTS:
+            raise UnsupportedMediaError(f"audio with {channels} unnamed channels is not supported (at most 8)")
+        return DEFAULT_LAYOUTS[channels]
+    return layout
 
 
 def can_copy(codec: str, out_format: str) -> bool:
@@ -37,8 +47,8 @@ def decode_track(
     try:
         stream = next(s for s in container.streams if s.index == stream_index)
         rate = int(stream.codec_context.sample_rate)
-        layout = stream.codec_context.layout.name
         channels = int(stream.codec_context.channels)
+        layout = standard_layout(stream.codec_context.layout.name, channels)
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
         chunks: list[np.ndarray] = []
         start: float | None = None
@@ -65,6 +75,7 @@ def add_aac_stream(
     output: av.container.OutputContainer, rate: int, layout: str, bitrate: str, language: str | None = None
 ) -> av.audio.stream.AudioStream:
     """An AAC encoder stream at `rate` (nearest AAC rate) with `layout`."""
+    layout = standard_layout(layout, av.AudioLayout(layout).nb_channels)
     if rate not in AAC_RATES:
         rate = min(AAC_RATES, key=lambda r: abs(r - rate))
     stream = output.add_stream("aac", rate=rate)

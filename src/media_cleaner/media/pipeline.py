@@ -229,26 +229,23 @@ def _run(
         if progress:
             progress(min(0.99, result.frames / expected))
 
-    try:
-        for packet in container.demux(selected):
-            index = packet.stream.index
-            if index == vin.index:
-                for frame in _decode(vin, packet):
-                    pending.append(frame)
-                    if len(pending) >= batch_size:
-                        flush_batch()
-                continue
-            kind, aout, helper = audio_plan[index]
-            if kind == "copy":
-                _mux_copy(output, aout, packet, start_us)
-            elif kind == "transcode":
-                output.mux(helper.packets_for(packet if packet.size else None))
-            elif packet.pts is not None and packet.time_base:
-                end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - start_us / 1e6
-                output.mux(helper.packets_until(end))
-        flush_batch()
-    except av.FFmpegError as exc:
-        raise InvalidMediaError(f"decoding failed (corrupt or truncated input): {exc.strerror or exc}") from exc
+    for packet in _demux(container, selected):
+        index = packet.stream.index
+        if index == vin.index:
+            for frame in _decode(vin, packet):
+                pending.append(frame)
+                if len(pending) >= batch_size:
+                    flush_batch()
+            continue
+        kind, aout, helper = audio_plan[index]
+        if kind == "copy":
+            _mux_copy(output, aout, packet, start_us)
+        elif kind == "transcode":
+            output.mux(helper.packets_for(packet if packet.size else None))
+        elif packet.pts is not None and packet.time_base:
+            end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - start_us / 1e6
+            output.mux(helper.packets_until(end))
+    flush_batch()
     if result.frames == 0:
         raise InvalidMediaError("no decodable video frame (truncated or corrupt file)")
     encoder.flush()
@@ -261,12 +258,26 @@ def _run(
         progress(1.0)
 
 
-def _decode(stream: av.video.stream.VideoStream, packet: av.Packet) -> Iterator[av.VideoFrame]:
+def _demux(container: av.container.InputContainer, streams: list[av.stream.Stream]) -> Iterator[av.Packet]:
+    """Packets in file order; read errors become `InvalidMediaError` (encoder errors stay what they are)."""
+    packets = container.demux(streams)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.FFmpegError as exc:
+            raise InvalidMediaError(f"reading failed (corrupt or truncated input): {exc.strerror or exc}") from exc
+        yield packet
+
+
+def _decode(stream: av.video.stream.VideoStream, packet: av.Packet) -> list[av.VideoFrame]:
     try:
-        yield from packet.decode()
+        return packet.decode()
     except av.InvalidDataError:
-        # One damaged packet (a truncated tail, a broken slice) costs its frame, not the whole job.
-        return
+        return []  # one damaged packet (a truncated tail, a broken slice) costs its frame, not the whole job
+    except av.FFmpegError as exc:
+        raise InvalidMediaError(f"video decoding failed: {exc.strerror or exc}") from exc
 
 
 def _to_rgb(frames: list[av.VideoFrame], rotation: int, width: int, height: int) -> np.ndarray:

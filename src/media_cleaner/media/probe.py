@@ -18,7 +18,11 @@ from media_cleaner.errors import InvalidMediaError, UnsupportedMediaError
 MAX_SIDE = 16384  # larger than any real camera; a header claiming more is corrupt or hostile
 MAX_PIXELS = 8192 * 8192
 MAX_DURATION_S = 48 * 3600.0
-VFR_SCAN_PACKETS = 600  # packets demuxed (not decoded) to detect variable frame rate
+VFR_SCAN_PACKETS = 600
+INDEXED_FORMATS = {
+    "mov",
+    "matroska",
+}  # containers with a sample index: a cut-short file is detectable  # packets demuxed (not decoded) to detect variable frame rate
 
 
 @dataclass
@@ -142,15 +146,45 @@ def _scan_timing(container: av.container.InputContainer, stream: av.video.stream
     return len(spread) > 0.05 * len(deltas), len(pts)
 
 
-def _first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame:
+def _first_frame(path: Path, index: int) -> av.VideoFrame:
+    """Decode one frame from a fresh open (seeking back is unreliable in some demuxers, e.g. MPEG-PS)."""
+    container = open_input(path)
     try:
+        stream = next(s for s in container.streams if s.index == index)
         for frame in container.decode(stream):
             return frame
     except av.FFmpegError as exc:
         raise InvalidMediaError(
             f"video stream cannot be decoded (corrupt or truncated): {exc.strerror or exc}"
         ) from exc
+    finally:
+        container.close()
     raise InvalidMediaError("no decodable video frame (truncated or corrupt file)")
+
+
+def _check_tail(path: Path, index: int, seconds: float) -> None:
+    """Seek close to the declared end and read a packet: an indexed file (mp4/mov/mkv) cut short fails here."""
+    container = open_input(path)
+    try:
+        stream = next(s for s in container.streams if s.index == index)
+        if not stream.time_base:
+            return
+        target = int(max(0.0, seconds - 1.0) / stream.time_base)
+        try:
+            container.seek(target, stream=stream, any_frame=False, backward=True)
+        except av.FFmpegError:
+            return  # not seekable: nothing to learn cheaply
+        last = None
+        try:
+            for packet in container.demux(stream):
+                if packet.size:
+                    last = packet
+        except av.FFmpegError as exc:
+            raise InvalidMediaError(f"{path.name}: truncated or corrupt near the end ({exc.strerror or exc})") from exc
+        if last is None or last.pts is None or float(last.pts * stream.time_base) < seconds - 2.0:
+            raise InvalidMediaError(f"{path.name}: truncated: the data stops before the declared end ({seconds:.1f} s)")
+    finally:
+        container.close()
 
 
 def probe(path: str | Path) -> MediaInfo:
@@ -176,7 +210,7 @@ def _probe_open(path: Path, container: av.container.InputContainer) -> MediaInfo
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
         raise InvalidMediaError(f"{name}: absurd declared frame size {width}x{height} (limit {MAX_SIDE} per side)")
     try:
-        av.codec.Codec(ctx.name, "r")
+        av.codec.Codec(ctx.codec.name, "r")
     except Exception as exc:  # noqa: BLE001 - any failure means no decoder
         raise UnsupportedMediaError(f"{name}: no decoder for video codec {ctx.name!r}") from exc
 
@@ -188,8 +222,10 @@ def _probe_open(path: Path, container: av.container.InputContainer) -> MediaInfo
     fps = float(rate) if rate else 0.0
     if not 0 < fps <= 1000:
         fps = 25.0 if not fps else min(fps, 1000.0)
-    frame = _first_frame(container, vstream)
-    vfr, _ = _scan_timing(container, vstream)  # continues after the first frame: no seek needed
+    vfr, _ = _scan_timing(container, vstream)
+    frame = _first_frame(path, vstream.index)
+    if vduration and vstream.frames and container.format.name.split(",")[0] in INDEXED_FORMATS:
+        _check_tail(path, vstream.index, vduration)
     rotation = normalise_rotation(frame.rotation)
     frame_count = int(vstream.frames) if vstream.frames else None
     if frame_count is None and vduration:
@@ -200,7 +236,7 @@ def _probe_open(path: Path, container: av.container.InputContainer) -> MediaInfo
 
     video = VideoStreamInfo(
         index=vstream.index,
-        codec=ctx.name,
+        codec=ctx.codec.canonical_name,
         width=width,
         height=height,
         pix_fmt=pix_fmt,
@@ -226,7 +262,7 @@ def _probe_open(path: Path, container: av.container.InputContainer) -> MediaInfo
         audio.append(
             AudioStreamInfo(
                 index=stream.index,
-                codec=actx.name,
+                codec=actx.codec.canonical_name,
                 sample_rate=int(actx.sample_rate),
                 channels=int(actx.channels),
                 layout=actx.layout.name,

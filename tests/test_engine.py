@@ -1,0 +1,188 @@
+"""engine.protect end to end: identity, simple real protectors, progress, cancel, failures leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from clips import make_clip
+from media_cleaner.config import Settings
+from media_cleaner.engine import ProtectionOptions, Protectors, load_protectors, protect
+from media_cleaner.errors import Cancelled, InvalidMediaError, UnsupportedMediaError
+from media_cleaner.media import decode_track, probe
+from media_cleaner.progress import CancelToken
+
+
+class ShiftVideo:
+    """Adds a fixed +delta to every pixel (clipped): a known perturbation to check the report's figures."""
+
+    name = "shift"
+
+    def __init__(self, delta: int = 3) -> None:
+        self.delta = delta
+        self.batches = 0
+
+    def prepare(self, ctx) -> None:
+        ctx.stats["prepared"] = True
+
+    def protect_batch(self, frames: np.ndarray, ctx) -> np.ndarray:
+        self.batches += 1
+        ctx.stats["frames"] = ctx.stats.get("frames", 0) + len(frames)
+        return np.clip(frames.astype(np.int16) + self.delta, 0, 255).astype(np.uint8)
+
+    def finish(self, ctx) -> None:
+        ctx.stats["finished"] = True
+
+
+class NoiseAudio:
+    """Adds white noise at a fixed level relative to full scale."""
+
+    name = "noise"
+
+    def prepare(self, ctx) -> None:
+        ctx.stats["rate"] = ctx.sample_rate
+
+    def protect_track(self, pcm: np.ndarray, ctx) -> np.ndarray:
+        ctx.progress(0.5, "audio")
+        rng = np.random.default_rng(0)
+        return pcm + rng.normal(0, 0.003, pcm.shape).astype(np.float32)
+
+
+class Boom:
+    name = "boom"
+
+    def prepare(self, ctx) -> None:
+        pass
+
+    def protect_batch(self, frames: np.ndarray, ctx) -> np.ndarray:
+        raise RuntimeError("protector failed")
+
+    def finish(self, ctx) -> None:
+        pass
+
+
+def leftovers(directory: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name not in keep)
+
+
+def test_identity_on_grid(shared_data: Path, tmp_path: Path, settings: Settings) -> None:
+    out = tmp_path / "grid_protected.mp4"
+    report = protect(shared_data / "video" / "grid_bbaf2n.mpg", out, settings=settings, protectors=Protectors())
+    assert out.is_file() and probe(out).video.frame_count == 75
+    data = json.loads(json.dumps(report.to_dict()))  # strictly JSON (no NaN/Infinity)
+    assert data["parameters"]["crf"] == 18 and data["parameters"]["pixel_bound"] == pytest.approx(6.916, abs=0.01)
+    assert data["quality"]["video"]["identical"] is True
+    encoded = data["quality"]["encoded"]
+    assert encoded["frames_compared"] == 75 and encoded["psnr_mean_db"] > 35 and encoded["ssim_mean"] > 0.95
+    assert encoded["audio"]["snr_db"] > 10  # MP2 -> AAC re-encode only
+    assert {"probe", "decode_encode", "quality", "total"} <= set(data["timings"])
+    assert data["pipeline"]["audio"][0]["action"] == "transcode"
+    assert data["probe"]["video"]["codec"] == "mpeg1video"
+
+
+def test_protectors_applied_and_measured(tmp_path: Path, settings: Settings) -> None:
+    source = make_clip(tmp_path / "in.mov", frames=30, width=128, height=96, audio=(("aac", 48000, "stereo"),))
+    out = tmp_path / "out.mov"
+    video = ShiftVideo(3)
+    events: list[tuple[float, str]] = []
+    report = protect(
+        source,
+        out,
+        ProtectionOptions(epsilon=0.05, audio_level="средний", crf=20),
+        progress=lambda f, p: events.append((f, p)),
+        settings=settings,
+        protectors=Protectors(video=video, audio=NoiseAudio()),
+    )
+    assert report.parameters["audio_level"] == "medium" and report.parameters["crf"] == 20
+    assert report.video == {"protector": "shift", "prepared": True, "frames": 30, "finished": True}
+    assert report.audio["protector"] == "noise" and report.audio["rate"] == 48000
+    q = report.quality["video"]
+    assert q["linf_max"] == 3 and q["frames"] == 30 and not q["identical"]
+    assert q["psnr_db"] == pytest.approx(20 * np.log10(255 / 3), abs=0.6)  # a few pixels clip at 255
+    assert 0.9 < q["ssim_mean"] <= 1.0 and q["ssim_frames"] == 3  # 1 per second at 12 fps
+    audio_q = report.quality["audio"]
+    assert 25 < audio_q["snr_db"] < 45 and audio_q["worst_window_snr_db"] <= audio_q["snr_db"] + 3
+    assert report.pipeline["audio"][0]["action"] == "protected"
+    # the delivered file carries both perturbations
+    assert "per_frame" not in report.quality["encoded"]  # the report keeps summaries only
+    assert report.quality["encoded"]["psnr_mean_db"] < 45
+    original, _, _, _ = decode_track(source, 1)
+    protected, _, _, _ = decode_track(out, 1)
+    assert abs(original.shape[1] - protected.shape[1]) < 2048
+    fractions = [f for f, _ in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and 0.0 <= fractions[0]
+    assert {"probe", "audio", "video", "quality"} <= {p for _, p in events}
+
+
+def test_switches_pass_through(tmp_path: Path, settings: Settings) -> None:
+    source = make_clip(tmp_path / "in.mp4")
+    video = ShiftVideo()
+    report = protect(
+        source,
+        tmp_path / "out.mp4",
+        ProtectionOptions(protect_video=False, protect_audio=False, measure_quality=False),
+        settings=settings,
+        protectors=Protectors(video=video, audio=NoiseAudio()),
+    )
+    assert video.batches == 0 and report.quality["video"]["identical"] is True
+    assert report.pipeline["audio"][0]["action"] == "copy" and report.pipeline["rgb_path"] is False
+    assert "encoded" not in report.quality
+
+
+def test_cancel_leaves_nothing(tmp_path: Path, settings: Settings) -> None:
+    source = make_clip(tmp_path / "in.mp4", frames=80, width=64, height=48)
+    outdir = tmp_path / "out"
+    token = CancelToken()
+
+    def progress(fraction: float, phase: str) -> None:
+        if phase == "video" and fraction > 0.3:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        protect(source, outdir / "x.mp4", progress=progress, cancel=token, settings=settings, protectors=Protectors())
+    assert leftovers(outdir, set()) == []
+
+
+def test_protector_failure_leaves_nothing(tmp_path: Path, settings: Settings) -> None:
+    source = make_clip(tmp_path / "in.mp4")
+    with pytest.raises(RuntimeError, match="protector failed"):
+        protect(source, tmp_path / "x.mp4", settings=settings, protectors=Protectors(video=Boom()))
+    assert leftovers(tmp_path, {"in.mp4"}) == []
+
+
+@pytest.mark.parametrize("content", [b"", b"not a video at all\n" * 10])
+def test_bad_input_typed_error_nothing_written(tmp_path: Path, settings: Settings, content: bytes) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(content)
+    with pytest.raises(InvalidMediaError):
+        protect(bad, tmp_path / "bad_protected.mp4", settings=settings, protectors=Protectors())
+    assert leftovers(tmp_path, {"bad.mp4"}) == []
+
+
+def test_unsupported_output_container(tmp_path: Path, settings: Settings) -> None:
+    source = make_clip(tmp_path / "in.mp4")
+    with pytest.raises(UnsupportedMediaError, match="output must be"):
+        protect(source, tmp_path / "out.webm", settings=settings, protectors=Protectors())
+
+
+def test_load_protectors_respects_switches(settings: Settings) -> None:
+    loaded = load_protectors(settings, video=False, audio=False)
+    assert loaded.video is None and loaded.audio is None and loaded.notes == []
+
+
+def test_six_channel_audio_protected(shared_data: Path, tmp_path: Path, settings: Settings) -> None:
+    out = tmp_path / "cartoon.mp4"
+    report = protect(
+        shared_data / "video" / "cartoon_6ch_audio.mp4",
+        out,
+        ProtectionOptions(measure_quality=False),
+        settings=settings.model_copy(update={"video_preset": "ultrafast"}),
+        protectors=Protectors(audio=NoiseAudio()),
+    )
+    assert report.quality["audio"]["snr_db"] is not None
+    with av.open(str(out)) as container:
+        assert container.streams.audio[0].codec_context.channels == 6

@@ -1,0 +1,162 @@
+"""The streaming transcode on synthetic clips of many shapes and on the real clips."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from clips import frame_image, make_clip, rotate_with_ffmpeg
+from media_cleaner.evaluate.quality import psnr
+from media_cleaner.media import EncodeSettings, output_extension_for, probe, transcode
+from media_cleaner.media.pipeline import batch_size_for
+
+FAST = EncodeSettings(preset="ultrafast")
+
+
+def decode_rgb(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def frame_times(path: Path) -> list[float]:
+    with av.open(str(path)) as container:
+        return [float(f.pts * f.time_base) for f in container.decode(video=0)]
+
+
+CASES = {
+    "mp4_h264_aac": ({"audio": (("aac", 48000, "stereo"),)}, ".mp4", ["copy"]),
+    "mov_two_tracks": ({"audio": (("aac", 44100, "mono"), ("aac", 48000, "stereo"))}, ".mov", ["copy", "copy"]),
+    "mkv_hevc_opus": ({"codec": "libx265", "audio": (("libopus", 48000, "stereo"),)}, ".mkv", ["copy"]),
+    "webm_vp9_opus": ({"codec": "libvpx-vp9", "audio": (("libopus", 48000, "stereo"),)}, ".webm", ["copy"]),
+    "avi_mpeg4_mp3": ({"codec": "mpeg4", "audio": (("mp3", 44100, "stereo"),)}, ".avi", ["copy"]),
+    "avi_pcm": ({"codec": "mpeg4", "audio": (("pcm_s16le", 22050, "mono"),)}, ".avi", ["transcode"]),
+    "mkv_av1_silent": ({"codec": "libaom-av1", "frames": 4, "audio": ()}, ".mkv", []),
+    "mp4_ten_bit": ({"pix_fmt": "yuv420p10le"}, ".mkv", ["copy"]),
+    "one_frame": ({"frames": 1}, ".mp4", ["copy"]),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_formats_and_codecs(tmp_path: Path, name: str) -> None:
+    kwargs, suffix, actions = CASES[name]
+    source = make_clip(tmp_path / f"in{suffix}", **kwargs)
+    info = probe(source)
+    out = tmp_path / f"out.{output_extension_for(source)}"
+    result = transcode(info, out, encode=FAST)
+    assert [a["action"] for a in result.audio] == actions
+    got = probe(out)
+    assert got.video.codec == "h264" and got.video.pix_fmt == "yuv420p" and got.video.bit_depth == 8
+    assert result.frames == kwargs.get("frames", 12) == len(decode_rgb(out))
+    assert len(got.audio) == len(info.audio)
+    for a_in, a_out in zip(info.audio, got.audio, strict=True):
+        assert a_out.channels == a_in.channels
+        assert a_out.codec == (a_in.codec if actions[0] == "copy" else "aac")
+    # Content survives the re-encode (CRF 18): the first frame still looks like the source
+    assert psnr(decode_rgb(out)[0], frame_image(0, 96, 64)) > 24
+
+
+def test_webm_avi_mpg_become_mp4() -> None:
+    assert [output_extension_for(p) for p in ("x.webm", "x.avi", "x.mpg")] == ["mp4"] * 3
+
+
+def test_odd_size_padded_to_even(tmp_path: Path) -> None:
+    source = make_clip(tmp_path / "odd.mkv", width=95, height=63, pix_fmt="yuv444p", audio=())
+    result = transcode(probe(source), tmp_path / "odd_out.mkv", encode=FAST)
+    assert (result.width, result.height) == (96, 64) and result.padded == "95x63 -> 96x64"
+    frame = decode_rgb(tmp_path / "odd_out.mkv")[0]
+    assert psnr(frame[:63, :95], frame_image(0, 95, 63)) > 24
+
+
+def test_vfr_timestamps_kept(tmp_path: Path) -> None:
+    times = [0, 0.05, 0.1, 0.3, 0.35, 0.6, 0.65, 0.7, 1.0, 1.04, 1.2, 1.5]
+    source = make_clip(tmp_path / "vfr.mkv", frame_times=times)
+    for identity in (None, lambda frames: frames):  # passthrough and RGB paths
+        out = tmp_path / "vfr_out.mkv"
+        transcode(probe(source), out, transform=identity, encode=FAST)
+        assert frame_times(out) == pytest.approx(times, abs=0.002)
+        assert probe(out).video.vfr
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
+def test_rotation_applied_to_pixels(tmp_path: Path) -> None:
+    rotated = rotate_with_ffmpeg(make_clip(tmp_path / "land.mp4"), tmp_path / "portrait.mp4", 90)
+    out = tmp_path / "portrait_out.mp4"
+    result = transcode(probe(rotated), out, encode=FAST)
+    assert result.rotation_applied in (90, 270) and (result.width, result.height) == (64, 96)
+    got = probe(out)
+    assert got.video.rotation == 0 and (got.video.width, got.video.height) == (64, 96)
+    # What a player shows: ffmpeg's auto-rotated decode of the input
+    shown = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(rotated), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    expected = np.frombuffer(shown, np.uint8).reshape(96, 64, 3)
+    assert psnr(decode_rgb(out)[0], expected) > 30
+
+
+def test_transform_sees_upright_batches_and_is_applied(tmp_path: Path) -> None:
+    source = make_clip(tmp_path / "in.mp4", frames=40, width=64, height=48)
+    sizes: list[int] = []
+
+    def invert(frames: np.ndarray) -> np.ndarray:
+        sizes.append(len(frames))
+        assert frames.dtype == np.uint8 and frames.shape[1:] == (48, 64, 3)
+        return 255 - frames
+
+    out = tmp_path / "inv.mp4"
+    transcode(probe(source), out, transform=invert, encode=EncodeSettings(preset="ultrafast", batch_frames=16))
+    assert sizes == [16, 16, 8]
+    assert psnr(decode_rgb(out)[5], 255 - frame_image(5, 64, 48)) > 24
+
+
+def test_batch_size_bounds_memory() -> None:
+    assert batch_size_for(1920, 1080) * 1920 * 1080 * 3 <= 64 * 1024 * 1024
+    assert batch_size_for(7680, 4320) == 1
+    assert batch_size_for(64, 48) == 32
+
+
+def test_metadata_stripped_or_kept(tmp_path: Path) -> None:
+    tags = {
+        "location": "+48.8577+002.2950/",
+        "make": "Apple",
+        "model": "iPhone 15",
+        "creation_time": "2020-01-01T00:00:00Z",
+        "title": "holiday",
+        "comment": "hello",
+    }
+    source = make_clip(tmp_path / "tags.mp4", metadata=tags)
+    stripped = tmp_path / "stripped.mp4"
+    result = transcode(probe(source), stripped, encode=FAST)
+    meta = probe(stripped).metadata
+    assert meta.get("title") == "holiday" and meta.get("comment") == "hello"
+    for private in ("location", "make", "model", "creation_time", "encoder"):
+        assert private not in meta
+    assert {"location", "creation_time"} <= set(result.dropped_tags)  # mp4 stores no make/model unless a phone did
+    kept = tmp_path / "kept.mp4"
+    transcode(probe(source), kept, encode=EncodeSettings(preset="ultrafast", keep_metadata=True))
+    meta = probe(kept).metadata
+    assert meta.get("location") == tags["location"] and meta.get("creation_time", "").startswith("2020")
+
+
+def test_grid_mpg_mp2_to_aac_in_sync(shared_data: Path, tmp_path: Path) -> None:
+    info = probe(shared_data / "video" / "grid_bbaf2n.mpg")
+    out = tmp_path / "grid.mp4"
+    result = transcode(info, out, encode=FAST)
+    assert result.audio == [{"index": 1, "action": "transcode", "codec": "aac", "source_codec": "mp2"}]
+    got = probe(out)
+    assert got.audio[0].codec == "aac" and got.video.frame_count == 75
+    assert got.audio[0].duration == pytest.approx(info.audio[0].duration, abs=0.05)
+
+
+def test_six_channel_audio_copied(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cartoon.mp4"
+    transcode(probe(shared_data / "video" / "cartoon_6ch_audio.mp4"), out, encode=FAST)
+    got = probe(out)
+    assert got.audio[0].channels == 6 and got.audio[0].codec == "aac"
+    assert got.video.frame_count == 132
