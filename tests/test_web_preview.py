@@ -102,3 +102,18 @@ def test_downscale_keeps_the_average() -> None:
     assert small.shape == (4, 6, 3)
     assert np.all(small == 100)
     assert downscale(img, None) is img and downscale(img, 100) is img
+
+
+def test_rotated_phone_video_is_shown_upright(tmp_path: Path) -> None:
+    """A portrait phone clip (display matrix) previews the way the pipeline writes its output: upright."""
+    from clips import make_clip, rotate_with_ffmpeg
+    from media_cleaner.media.pipeline import upright
+
+    source = make_clip(tmp_path / "landscape.mp4", width=96, height=64, frames=4, audio=())
+    rotated = rotate_with_ffmpeg(source, tmp_path / "portrait.mp4", 90)
+    if rotated is None:
+        pytest.skip("no ffmpeg CLI to write a display matrix")
+    frame = read_frame(rotated, 0.0)
+    assert frame.rgb.shape == (96, 64, 3)
+    stored = read_frame(source, 0.0).rgb
+    assert np.array_equal(frame.rgb, upright(stored[None], 90)[0])

@@ -49,6 +49,8 @@
     imageUrls: {},
     previewSeq: 0,
     keyWaiters: [],
+    uploadStep: -1,
+    milestone: '',
   };
 
   // ---------- small helpers ----------
@@ -200,6 +202,10 @@
       }
     } catch { /* not JSON: keep the status only */ }
     return new ApiError(resp.status, code, message);
+  }
+
+  function announce(message) {
+    $('announcer').textContent = message;
   }
 
   function showBanner(message, kind = 'error') {
@@ -376,6 +382,11 @@
     const pct = total > 0 ? Math.min(100, (100 * loaded) / total) : 0;
     $('upload-bar').value = pct;
     $('upload-text').textContent = `${formatBytes(loaded)} of ${formatBytes(total)} sent (${pct.toFixed(0)}%)`;
+    const step = Math.floor(pct / 25);
+    if (step !== state.uploadStep) {
+      state.uploadStep = step;
+      announce(`Upload ${step * 25}% done`);
+    }
   }
 
   async function startUpload(event) {
@@ -399,6 +410,7 @@
     $('submit').disabled = true;
     $('upload-progress').hidden = false;
     $('upload-label').textContent = `Uploading ${file.name}`;
+    state.uploadStep = -1;
     showUploadProgress(0, file.size);
     try {
       let created;
@@ -500,6 +512,11 @@
     $('current-name').textContent = task.original_filename || $('current-name').textContent;
     const sentence = progressSentence(task);
     if ($('current-text').textContent !== sentence) $('current-text').textContent = sentence;
+    const milestone = `${task.status}|${task.phase || ''}|${Math.floor(Number(task.progress || 0) / 10)}`;
+    if (milestone !== state.milestone) {
+      state.milestone = milestone;
+      announce(task.status === 'processing' ? sentence : `${STATUS_WORDS[task.status] || task.status}. ${sentence}`);
+    }
     const active = ACTIVE.has(task.status);
     $('current-cancel').hidden = !active;
     $('current-download').hidden = task.status !== 'completed';

@@ -1,0 +1,307 @@
+"""The web page end to end: headless Debian Chromium (Playwright) against a real `run_server.py` on 127.0.0.1.
+
+Each main state is saved under docs/screenshots/ (the README shows them). Needs /usr/bin/chromium (`.ci/run`
+installs it); skipped with a reason where it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import httpx
+import pytest
+
+from conftest import REPO_ROOT, SHARED_DATA
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
+CLIP = SHARED_DATA / "video" / "grid_bbaf2n.mpg"
+# Full protection of a 3 s clip on 2 shared CPU cores, plus worker start-up (model loading): bounded but generous.
+PROCESSING_TIMEOUT_S = 900
+API_KEY = "web-test-key-1"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed (apt-get install chromium)"),
+    pytest.mark.skipif(not CLIP.exists(), reason=f"shared clip missing: {CLIP}"),
+    pytest.mark.skipif(not (REPO_ROOT / "run_server.py").exists(), reason="run_server.py not there yet"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python run_server.py` in its own process group, rooted in a temp dir, stopped by its own pid."""
+
+    def __init__(self, base_dir: Path, workers: int, env: dict[str, str]) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_dir = base_dir
+        full_env = {
+            **os.environ,
+            "MEDIA_CLEANER_BASE_DIR": str(base_dir),
+            "MEDIA_CLEANER_MODEL_CACHE_DIR": str(REPO_ROOT / ".venv" / "model_cache"),
+            **env,
+        }
+        self.log = open(base_dir / "server_stdout.log", "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "run_server.py", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--workers", str(workers)]
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self._wait_healthy()
+
+    def _wait_healthy(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.output()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"server did not become healthy in {timeout:.0f} s: {self.output()[-3000:]}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return (self.base_dir / "server_stdout.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the group this test created: the server and its workers
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("web_server"), workers=1, env={})
+    yield srv
+    srv.stop()
+
+
+def _page(browser, width: int = 1100, height: int = 900):  # noqa: ANN001, ANN202 - Playwright types
+    context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors  # JS exceptions: every test asserts there were none
+    return page
+
+
+def _shot(page, name: str, full_page: bool = True) -> Path:  # noqa: ANN001
+    """Screenshot for the docs, kept small: PNG of the page at its CSS size."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page, animations="disabled")
+    assert path.stat().st_size < 400_000, f"{path.name} is {path.stat().st_size} bytes; docs images stay small"
+    return path
+
+
+def _throttle_upload(page, bytes_per_second: int) -> None:  # noqa: ANN001
+    """Slow the browser's own network so the byte-level upload progress is visible (Chromium DevTools)."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": bytes_per_second},
+    )
+    page.cdp = cdp
+
+
+def _unthrottle(page) -> None:  # noqa: ANN001
+    page.cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+    )
+
+
+def test_upload_progress_completion_download_and_comparison(server: Server, browser, tmp_path: Path) -> None:  # noqa: ANN001
+    page = _page(browser)
+    page.goto(server.url + "/")
+    page.get_by_text("Drop a video here").wait_for()
+    _shot(page, "01_start")
+
+    # Upload the real clip with the browser's network slowed so the byte counter is seen moving.
+    _throttle_upload(page, 200_000)
+    page.set_input_files("#file-input", str(CLIP))
+    assert "grid_bbaf2n.mpg" in page.inner_text("#file-chosen")
+    page.get_by_label("Invisible").check()
+    page.get_by_role("button", name="Protect video").click()
+    page.wait_for_function("document.getElementById('upload-bar').value > 5")
+    upload_text = page.inner_text("#upload-text")
+    assert " of " in upload_text and "sent" in upload_text, upload_text
+    _shot(page, "02_uploading")
+    _unthrottle(page)
+
+    # Processing: status, phase, percent and ETA come from polling GET /task/{id}.
+    page.locator("#current").wait_for(state="visible")
+    page.wait_for_function(
+        "['Processing', 'Done'].includes(document.getElementById('current-status').textContent)",
+        timeout=120_000,
+    )
+    if page.inner_text("#current-status") == "Processing":
+        page.wait_for_function("/% done/.test(document.getElementById('current-text').textContent)")
+        _shot(page, "03_processing")
+    page.wait_for_function(
+        "document.getElementById('current-status').textContent === 'Done'", timeout=PROCESSING_TIMEOUT_S * 1000
+    )
+    assert "ready" in page.inner_text("#current-text")
+    assert page.get_attribute("#current-title", "id")  # the section stays labelled
+    row = page.locator("#tasks-body tr").first
+    row.get_by_text("Done").wait_for()
+    assert "grid_bbaf2n.mpg" in row.inner_text()
+    _shot(page, "04_done")
+
+    # Download: a real file, a real video.
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download protected video").click()
+    saved = tmp_path / info.value.suggested_filename
+    info.value.save_as(saved)
+    assert saved.name.endswith("_protected.mp4") or "_protected" in saved.name
+    with av.open(str(saved)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames >= 70  # 75 frames in, every one comes back
+
+    # Comparison: the three previews load as images, the report shows figures and plots.
+    page.get_by_role("button", name="See what changed").click()
+    page.locator("#result").wait_for(state="visible")
+    page.wait_for_function(
+        "['img-original', 'img-protected', 'img-diff'].every(id => document.getElementById(id).naturalWidth > 0)"
+    )
+    assert page.evaluate("document.getElementById('img-original').naturalWidth") == 360
+    assert "times brighter" in page.inner_text("#diff-caption")
+    assert page.locator("#timings-chart svg").count() == 1
+    assert page.locator("#quality-chart svg").count() == 1
+    assert "PSNR" in page.inner_text("#quality-chart")
+    page.locator("#wipe").focus()
+    page.keyboard.press("ArrowLeft")  # keyboard moves the divider
+    assert page.evaluate("document.getElementById('wipe').value") == "49"
+    page.locator("#result").scroll_into_view_if_needed()
+    _shot(page, "05_compare_slider")
+    page.get_by_role("button", name="Difference").click()
+    assert page.locator("#view-diff").is_visible()
+    _shot(page, "06_compare_difference")
+    assert page.errors == []
+
+
+def test_not_a_video_shows_a_human_error(server: Server, browser, tmp_path: Path) -> None:  # noqa: ANN001
+    bogus = tmp_path / "holiday.mp4"
+    bogus.write_text("These are my notes, not a video.\n" * 50)
+    page = _page(browser)
+    page.goto(server.url + "/")
+    page.set_input_files("#file-input", str(bogus))
+    page.get_by_role("button", name="Protect video").click()
+    banner = page.locator("#banner")
+    banner.wait_for(state="visible")
+    text = banner.inner_text()
+    assert "doesn't look like a video" in text
+    assert "Traceback" not in text and "{" not in text
+    _shot(page, "07_error_not_a_video", full_page=False)
+    assert page.errors == []
+
+
+def test_oversize_upload_shows_the_limit(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    # 0.0002 GB = 214,748 bytes: the 452,608-byte clip is over it.
+    srv = Server(tmp_path, workers=1, env={"MEDIA_CLEANER_MAX_VIDEO_SIZE_GB": "0.0002"})
+    try:
+        page = _page(browser)
+        # 1) The page knows the limit and says so before sending anything.
+        page.goto(srv.url + "/")
+        assert "up to 210 KB" in page.inner_text("#drop-hint")
+        page.set_input_files("#file-input", str(CLIP))
+        page.get_by_role("button", name="Protect video").click()
+        page.locator("#banner").wait_for(state="visible")
+        assert page.inner_text("#banner-text") == "This file is larger than the server accepts (210 KB)."
+        _shot(page, "08_error_too_large", full_page=False)
+
+        # 2) The server's own 413: the page is told a larger limit so the upload really reaches the server.
+        page.route(
+            "**/web/config",
+            lambda route: route.fulfill(
+                status=200,
+                content_type="application/json",
+                body=json.dumps({"max_upload_bytes": 10**12, "max_video_size_gb": 0.0002}),
+            ),
+        )
+        page.reload()
+        page.set_input_files("#file-input", str(CLIP))
+        page.get_by_role("button", name="Protect video").click()
+        page.wait_for_function("!document.getElementById('banner').hidden")
+        assert page.inner_text("#banner-text").startswith("This file is larger than the server accepts")
+        assert httpx.get(f"{srv.url}/tasks").json()["total"] == 0  # nothing was queued
+        assert page.errors == []
+    finally:
+        srv.stop()
+
+
+def test_api_key_is_asked_once_and_kept(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    srv = Server(tmp_path, workers=1, env={"MEDIA_CLEANER_API_KEYS": json.dumps({API_KEY: "alice"})})
+    try:
+        page = _page(browser, width=360, height=780)  # phone width
+        page.goto(srv.url + "/")
+        dialog = page.locator("#key-dialog")
+        dialog.wait_for(state="visible")
+        _shot(page, "09_api_key_phone", full_page=False)
+        page.get_by_label("API key").fill("wrong-key")
+        page.get_by_role("button", name="Use this key").click()
+        page.wait_for_function("document.getElementById('key-dialog').open")  # asked again: key refused
+        assert "did not accept" in page.inner_text("#key-error")
+        page.get_by_label("API key").fill(API_KEY)
+        page.get_by_role("button", name="Use this key").click()
+        page.wait_for_function("!document.getElementById('key-dialog').open")
+        page.wait_for_function("!document.getElementById('tasks-empty').textContent.includes('Could not')")
+        assert page.evaluate("localStorage.getItem('mediaCleaner.apiKey')") == API_KEY
+        assert "…" + API_KEY[-4:] in page.inner_text("#account-text")
+        # No horizontal scrolling at 360 px.
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        # A reload does not ask again: the key is kept in this browser.
+        page.reload()
+        page.wait_for_timeout(500)
+        assert not page.evaluate("document.getElementById('key-dialog').open")
+        assert page.errors == []
+    finally:
+        srv.stop()
+        shutil.rmtree(tmp_path / "videos_input", ignore_errors=True)
