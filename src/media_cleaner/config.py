@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     retention_hours: float = Field(24.0 * 7, gt=0)
     cleanup_interval_minutes: float = Field(60.0, gt=0)
+    queue_backend: str = "local"  # "local": workers on this machine poll the tasks table
+    heartbeat_timeout_seconds: float = Field(30.0, gt=0)  # a processing task silent this long is recovered
+    cancel_grace_seconds: float = Field(10.0, ge=0)  # after cancel/timeout, kill the worker if still busy
+    poll_interval_seconds: float = Field(0.5, gt=0)  # idle workers look for pending tasks this often
+    max_pending_tasks: int = Field(1000, ge=1)  # uploads beyond this answer 503 queue_full
+    max_concurrent_uploads: int = Field(16, ge=1)  # uploads streamed/probed at once; more wait
+    webhook_max_attempts: int = Field(8, ge=1)
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
 
     # Models and devices.
     model_dir: Path | None = None  # explicit weights directory; searched first

@@ -1,0 +1,1 @@
+"""Queue backends beyond the local executor (which lives in `jobs.backend`)."""
