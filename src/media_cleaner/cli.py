@@ -19,7 +19,7 @@ from media_cleaner import __version__
 from media_cleaner.config import AUDIO_LEVEL_ALIASES, Settings, load_settings
 from media_cleaner.errors import Cancelled, MediaCleanerError
 
-EXTENSIONS = ("media_cleaner.worker.cli", "media_cleaner.api.cli")
+EXTENSIONS = ("media_cleaner.worker.cli", "media_cleaner.api.cli", "media_cleaner.cluster.cli")
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 

@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     retention_hours: float = Field(24.0 * 7, gt=0)
     cleanup_interval_minutes: float = Field(60.0, gt=0)
-    queue_backend: str = "local"  # "local": workers on this machine poll the tasks table
+    # "auto": procrastinate for a postgresql database_url, else "local" (workers on this machine poll the tasks table)
+    queue_backend: str = "auto"
     heartbeat_timeout_seconds: float = Field(30.0, gt=0)  # a processing task silent this long is recovered
     cancel_grace_seconds: float = Field(10.0, ge=0)  # after cancel/timeout, kill the worker if still busy
     poll_interval_seconds: float = Field(0.5, gt=0)  # idle workers look for pending tasks this often

@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=_api)
 
     db = sub.add_parser("db", help="database schema", description="Manage the task database schema.")
-    db.add_argument("action", choices=["upgrade"], help="create missing tables (safe to repeat)")
+    db.add_argument("action", choices=["upgrade", "current"], help="apply Alembic migrations (safe to repeat)")
     db.set_defaults(handler=_db)
 
 
@@ -28,6 +28,9 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
     if args.debug:
         updates["debug"] = True
     settings = settings.model_copy(update=updates)
+    from media_cleaner.jobs.migrate import upgrade
+
+    upgrade(settings.effective_database_url)  # every node upgrades on start; serialised on PostgreSQL
     errors, _warnings = check_settings(settings, check_models=args.workers > 0)
     if errors:
         for error in errors:
@@ -37,9 +40,16 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _db(args: argparse.Namespace, settings: Settings) -> int:
-    from media_cleaner.jobs import open_store
+    from sqlalchemy.engine import make_url
 
-    store = open_store(settings)
-    store.ping()
-    print(f"schema up to date at {store.engine.url.render_as_string(hide_password=True)}")
+    from media_cleaner.jobs.migrate import current_revision, head_revision, upgrade
+
+    url = settings.effective_database_url
+    where = make_url(url).render_as_string(hide_password=True)
+    if args.action == "current":
+        current = current_revision(url)
+        print(f"schema at {current or 'nothing'} (head {head_revision()}) at {where}")
+        return 0 if current == head_revision() else 1
+    before, after = upgrade(url)
+    print(f"schema {before or 'empty'} -> {after} at {where}")
     return 0

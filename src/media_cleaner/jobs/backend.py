@@ -41,7 +41,25 @@ class LocalQueueBackend(QueueBackend):
         return None
 
 
-BACKENDS: dict[str, Callable[[Settings, TaskStore], QueueBackend]] = {"local": LocalQueueBackend}
+def _procrastinate(settings: Settings, store: TaskStore) -> QueueBackend:
+    from media_cleaner.jobs.backends.procrastinate_backend import ProcrastinateBackend  # psycopg only when used
+
+    return ProcrastinateBackend(settings, store)
+
+
+BACKENDS: dict[str, Callable[[Settings, TaskStore], QueueBackend]] = {
+    "local": LocalQueueBackend,
+    "procrastinate": _procrastinate,
+}
+
+
+def backend_name(settings: Settings) -> str:
+    """The configured backend; `auto` picks procrastinate for PostgreSQL, local otherwise."""
+    name = getattr(settings, "queue_backend", "auto") or "auto"
+    if name == "auto":
+        postgres = settings.effective_database_url.startswith(("postgresql", "postgres:"))
+        name = "procrastinate" if postgres else "local"
+    return name
 
 
 def open_store(settings: Settings) -> TaskStore:
@@ -49,7 +67,7 @@ def open_store(settings: Settings) -> TaskStore:
 
 
 def open_backend(settings: Settings, store: TaskStore) -> QueueBackend:
-    name = getattr(settings, "queue_backend", "local") or "local"
+    name = backend_name(settings)
     if name not in BACKENDS:
         raise ValueError(f"unknown queue_backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
     return BACKENDS[name](settings, store)

@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -50,8 +50,9 @@ class Task(Base):
     input_name: Mapped[str] = mapped_column(String(256))
     output_name: Mapped[str] = mapped_column(String(256))
     download_name: Mapped[str] = mapped_column(String(256))
-    input_size_bytes: Mapped[int] = mapped_column(Integer)
-    output_size_bytes: Mapped[int | None] = mapped_column(Integer, default=None)
+    # BigInteger: sizes pass 2 GiB (max_video_size_gb) and PostgreSQL INTEGER is 32-bit.
+    input_size_bytes: Mapped[int] = mapped_column(BigInteger)
+    output_size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     epsilon: Mapped[float] = mapped_column(Float)
     audio_level: Mapped[str] = mapped_column(String(16))
     protect_video: Mapped[bool] = mapped_column(Boolean, default=True)

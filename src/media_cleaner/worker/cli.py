@@ -25,6 +25,14 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         print("--concurrency must be >= 1")
         return 2
+    from media_cleaner.jobs.backend import backend_name
+
+    if backend_name(settings) == "procrastinate":  # PostgreSQL: a Procrastinate worker (issue 8: cluster mode)
+        from media_cleaner.cluster.devices import normalise_device
+        from media_cleaner.cluster.worker_node import run_worker_node
+
+        device = normalise_device(args.device) if args.device else None
+        return run_worker_node(settings, concurrency=args.concurrency or 1, device=device)
     configure_logging(settings, server=False, queue=True, console=True)
     pool = WorkerPool(settings, args.concurrency, device=args.device).start()
     done = threading.Event()

@@ -226,12 +226,13 @@ def process_task(context: JobContext, task_id: str) -> str:
 class Upkeep:
     """Periodic chores of a worker node; every statement is conditional, so any number of nodes may run them."""
 
-    def __init__(self, rt: WorkerRuntime, interval_s: float = 2.0) -> None:
-        self.rt, self.interval_s = rt, interval_s
+    def __init__(self, rt: WorkerRuntime, worker_app: procrastinate.App, interval_s: float = 2.0) -> None:
+        """`worker_app` is the async-opened app of the worker loop (its pool lives on that event loop)."""
+        self.rt, self.worker_app, self.interval_s = rt, worker_app, interval_s
 
     async def retry_stalled(self) -> list[int]:
         """Jobs whose worker stopped sending heartbeats (kill -9, lost node) go back to `todo`."""
-        manager = self.rt.app.job_manager
+        manager = self.worker_app.job_manager
         retried = []
         stalled = await manager.get_stalled_jobs(
             queue=QUEUE, seconds_since_heartbeat=self.rt.settings.heartbeat_timeout_seconds
@@ -278,11 +279,11 @@ class Upkeep:
         import asyncio
 
         while not self.rt.stop.is_set():
-            try:
-                await self.retry_stalled()
-                await asyncio.to_thread(self.sync_chores)
-            except Exception:
-                log.exception("worker upkeep pass failed")
+            for chore in (self.retry_stalled, lambda: asyncio.to_thread(self.sync_chores)):
+                try:
+                    await chore()
+                except Exception:  # one failing chore must not starve the others
+                    log.exception("worker upkeep chore failed")
             await asyncio.sleep(self.interval_s)
 
 
