@@ -150,7 +150,7 @@ async def upload(request: Request, who: Who) -> JSONResponse:
     metrics = request.app.state.metrics
     key = (request.headers.get("idempotency-key") or "").strip()[:256] or None
     early_user = who.user_id
-    if key:
+    if key and who.authenticated:  # the owner is known before the body: answer without reading it
         existing = await run_in_threadpool(ctx.store.find_idempotent, early_user or "", key)
         if existing is not None:
             metrics.uploads.labels("idempotent").inc()
@@ -180,7 +180,7 @@ async def upload(request: Request, who: Who) -> JSONResponse:
                     await run_in_threadpool(check_target, webhook_url, settings.webhook_allow_private)
                 except WebhookTargetError as exc:
                     raise ApiError(422, "validation_error", f"webhook_url: {exc}") from None
-            if key and user != early_user:
+            if key and not who.authenticated:
                 existing = await run_in_threadpool(ctx.store.find_idempotent, user or "", key)
                 if existing is not None:
                     parsed.discard()
