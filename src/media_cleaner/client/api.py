@@ -273,7 +273,6 @@ class MediaCleanerClient:
         output_path: str | os.PathLike[str] = ".",
         progress: ProgressFn | None = None,
         *,
-        chunk_size: int = 1 << 20,
         max_resumes: int = 5,
     ) -> Path:
         """Stream the protected video to disk and return its path.
@@ -291,7 +290,7 @@ class MediaCleanerClient:
         while True:
             offset = part.stat().st_size if part.exists() else 0
             try:
-                final, done, total = self._download_once(task_id, part, offset, explicit, folder, progress, chunk_size)
+                final, done, total = self._download_once(task_id, part, offset, explicit, folder, progress)
             except (httpx.TransportError, ServerUnavailableError) as exc:
                 if resumes >= max_resumes:
                     raise DownloadError(
@@ -317,13 +316,12 @@ class MediaCleanerClient:
         explicit: Path | None,
         folder: Path,
         progress: ProgressFn | None,
-        chunk_size: int,
     ) -> tuple[Path, int, int | None]:
         headers = {"Range": f"bytes={offset}-", "Accept": "*/*"} if offset else {"Accept": "*/*"}
         with self._http.stream("GET", f"/download/{_id(task_id)}", headers=headers) as response:
             if response.status_code == 416:  # the part is stale or already complete: start clean
                 part.unlink(missing_ok=True)
-                return self._download_once(task_id, part, 0, explicit, folder, progress, chunk_size)
+                return self._download_once(task_id, part, 0, explicit, folder, progress)
             if not response.is_success:
                 response.read()
                 self._raise_for(response)
@@ -333,7 +331,7 @@ class MediaCleanerClient:
                 if start != offset:  # the server resumed somewhere else: do not splice mismatched bytes
                     response.close()
                     part.unlink(missing_ok=True)
-                    return self._download_once(task_id, part, 0, explicit, folder, progress, chunk_size)
+                    return self._download_once(task_id, part, 0, explicit, folder, progress)
                 mode = "ab"
             else:
                 offset = 0
@@ -345,7 +343,8 @@ class MediaCleanerClient:
             with part.open(mode) as fh:
                 if progress:
                     progress(done, total or 0)
-                for chunk in response.iter_bytes(chunk_size):
+                # No chunk_size: httpx would buffer up to it, and bytes buffered when the connection drops are lost.
+                for chunk in response.iter_bytes():
                     fh.write(chunk)
                     done += len(chunk)
                     if progress:

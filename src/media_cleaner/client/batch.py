@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -269,8 +270,10 @@ class BatchRunner:
 
     def _upload(self, item: BatchItem, generation: int) -> str:
         item.status = "uploading"
+        # --force must not land on the old task through the server's idempotency table: add a per-run nonce.
+        nonce = f"-f{secrets.token_hex(4)}" if self.force else ""
         for _ in range(self.max_attempts):
-            key = f"mcb-{item.key}-{generation}"
+            key = f"mcb-{item.key}-{generation}{nonce}"
             answer = self.client.upload_video(
                 item.path,
                 epsilon=self.params["epsilon"],

@@ -17,8 +17,9 @@ CHUNK = 1 << 20
 
 
 def _quote(value: str) -> bytes:
-    # The HTML5 form encoding that python-multipart and browsers agree on: UTF-8, with quotes and newlines escaped.
-    escaped = value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+    # UTF-8 in a quoted-string with backslash escapes (python-multipart, werkzeug and httpx agree on it); a newline
+    # cannot live in a header at all, so it becomes a space.
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
     return escaped.encode("utf-8")
 
 
