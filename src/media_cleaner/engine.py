@@ -317,17 +317,16 @@ class _VideoMeter:
         self.seconds = 0.0
 
     def observe(self, original: np.ndarray, protected: np.ndarray) -> None:
-        from media_cleaner.evaluate.quality import ssim
+        from media_cleaner.evaluate.quality import frame_errors, ssim
 
         t0 = time.perf_counter()
-        diff = protected.astype(np.int16) - original.astype(np.int16)
-        mse = np.mean(diff.reshape(len(diff), -1).astype(np.float32) ** 2, axis=1)
-        for value in mse:
-            self.psnrs.append(math.inf if value == 0 else 10 * math.log10(255.0**2 / float(value)))
-        self.sq_sum += float(mse.sum()) * diff[0].size
-        self.samples += diff.size
-        self.linf = max(self.linf, int(np.abs(diff).max()) if diff.size else 0)
+        size = original[0].size if len(original) else 1
         for i in range(len(original)):
+            squares, linf = frame_errors(original[i], protected[i])
+            self.psnrs.append(math.inf if squares == 0 else 10 * math.log10(255.0**2 * size / squares))
+            self.sq_sum += squares
+            self.samples += size
+            self.linf = max(self.linf, linf)
             if (self.index + i) % self.every == 0:
                 self.ssims.append(ssim(original[i], protected[i]))
         self.index += len(original)

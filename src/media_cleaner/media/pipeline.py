@@ -17,6 +17,11 @@ from typing import Any
 import av
 import numpy as np
 
+try:
+    import cv2
+except ImportError:  # pragma: no cover - opencv-python-headless is a pinned dependency
+    cv2 = None
+
 from media_cleaner.errors import InvalidMediaError, UnsupportedMediaError
 from media_cleaner.media.audio import PcmFeeder, Transcoder, add_aac_stream, can_copy
 from media_cleaner.media.metadata import filter_tags
@@ -330,6 +335,9 @@ class _VideoEncoder:
         ctx = stream.codec_context
         self.colorspace = ctx.colorspace or None
         self.color_range = ctx.color_range or None
+        # BT.601 limited range is what swscale assumes for untagged video; OpenCV's RGB->I420 gives the same values
+        # (within 1 level) about 4x faster than swscale's rgb24 path.
+        self.fast_601 = cv2 is not None and (ctx.colorspace or 2) in (2, 5, 6) and (ctx.color_range or 1) == 1
 
     def _pts(self, pts: int | None) -> int:
         value = pts - self.shift if pts is not None else (self.last + self.step if self.last is not None else 0)
@@ -340,6 +348,12 @@ class _VideoEncoder:
 
     def encode_rgb(self, frames: np.ndarray, pts: list[int | None], in_ctx: av.codec.context.CodecContext) -> None:
         for rgb, ts in zip(frames, pts, strict=True):
+            if self.fast_601:
+                frame = av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+                frame.pts = self._pts(ts)
+                frame.time_base = self.time_base
+                self.output.mux(self.stream.encode(frame))
+                continue
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             kwargs: dict[str, Any] = {"format": "yuv420p"}
             if self.colorspace:
