@@ -351,13 +351,23 @@ class MediaCleanerClient:
                         progress(done, total or 0)
             return name, done, total
 
+    def open_result(self, task_id: str) -> ResultStream:
+        """The protected video as a byte stream (e.g. to proxy it from a web app) with the server's file name.
+
+        Errors (not ready, gone, denied) are raised here, before any byte is consumed. Close it or iterate it to
+        the end to free the connection.
+        """
+        request = self._http.build_request("GET", f"/download/{_id(task_id)}", headers={"Accept": "*/*"})
+        response = self._http.send(request, stream=True)
+        if not response.is_success:
+            response.read()
+            response.close()
+            self._raise_for(response)
+        return ResultStream(response, _filename(response.headers.get("content-disposition", ""), task_id))
+
     def iter_result(self, task_id: str, chunk_size: int = 1 << 16) -> Iterator[bytes]:
-        """The protected video as a byte stream (for proxying it, e.g. from a web app) without touching disk."""
-        with self._http.stream("GET", f"/download/{_id(task_id)}", headers={"Accept": "*/*"}) as response:
-            if not response.is_success:
-                response.read()
-                self._raise_for(response)
-            yield from response.iter_bytes(chunk_size)
+        with self.open_result(task_id) as result:
+            yield from result.iter_bytes(chunk_size)
 
     def cancel_task(self, task_id: str) -> dict[str, Any]:
         return self._json("POST", f"/cancel/{_id(task_id)}", retry=False)
@@ -379,6 +389,35 @@ class MediaCleanerClient:
     def cleanup(self, older_than_hours: float | None = None) -> dict[str, Any]:
         params = {} if older_than_hours is None else {"older_than_hours": older_than_hours}
         return self._json("POST", "/cleanup", params=params, retry=False)
+
+
+class ResultStream:
+    """An open download: iterate for bytes; `filename`, `content_type`, `size` come from the response headers."""
+
+    def __init__(self, response: httpx.Response, filename: str) -> None:
+        self.response = response
+        self.filename = filename
+        self.content_type = response.headers.get("content-type", "application/octet-stream")
+        length = response.headers.get("content-length")
+        self.size = int(length) if length and length.isdigit() else None
+
+    def iter_bytes(self, chunk_size: int = 1 << 16) -> Iterator[bytes]:
+        try:
+            yield from self.response.iter_bytes(chunk_size)
+        finally:
+            self.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.iter_bytes()
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> ResultStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _id(task_id: str) -> str:

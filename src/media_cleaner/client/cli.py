@@ -186,9 +186,6 @@ def _fmt_bytes(n: Any) -> str:
 def cmd_upload(client: MediaCleanerClient, args: argparse.Namespace) -> int:
     download = Path(args.download) if args.download else None
     state_path = Path(args.state) if args.state else (download / STATE_FILE_NAME if download else None)
-    if args.no_video and args.no_audio:
-        print("error: --no-video and --no-audio together leave nothing to protect", file=sys.stderr)
-        return EXIT_USAGE
     if args.concurrency < 1:
         print("error: --concurrency must be at least 1", file=sys.stderr)
         return EXIT_USAGE
