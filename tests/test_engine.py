@@ -186,3 +186,26 @@ def test_six_channel_audio_protected(shared_data: Path, tmp_path: Path, settings
     assert report.quality["audio"]["snr_db"] is not None
     with av.open(str(out)) as container:
         assert container.streams.audio[0].codec_context.channels == 6
+
+
+def test_ten_bit_and_no_audio_through_protector(tmp_path: Path, settings: Settings) -> None:
+    source = make_clip(tmp_path / "ten.mkv", pix_fmt="yuv420p10le", audio=())
+    out = tmp_path / "ten_out.mkv"
+    report = protect(source, out, settings=settings, protectors=Protectors(video=ShiftVideo(2), audio=NoiseAudio()))
+    got = probe(out)
+    assert got.video.pix_fmt == "yuv420p" and not got.audio and report.pipeline["audio"] == []
+    assert report.quality["video"]["linf_max"] == 2 and "audio" not in report.quality
+
+
+@pytest.mark.slow
+def test_crowd_1080p_metering(shared_data: Path, tmp_path: Path, settings: Settings) -> None:
+    report = protect(
+        shared_data / "video" / "crowd_1080p_faces.mp4",
+        tmp_path / "crowd.mp4",
+        ProtectionOptions(measure_quality=False),
+        settings=settings.model_copy(update={"video_preset": "ultrafast"}),
+        protectors=Protectors(video=ShiftVideo(1)),
+    )
+    q = report.quality["video"]
+    assert q["frames"] == 105 and q["ssim_frames"] == 5 and q["linf_max"] == 1  # SSIM: 1 frame per second
+    assert report.pipeline["width"] == 1920 and report.timings["video_quality"] < report.timings["total"]

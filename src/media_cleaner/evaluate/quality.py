@@ -78,7 +78,7 @@ def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
 
 
 def worst_window_snr_db(
-    reference: np.ndarray, test: np.ndarray, rate: int, window_s: float = 1.0, active_db: float = 30.0
+    reference: np.ndarray, test: np.ndarray, rate: int, window_s: float = 1.0, active_db: float = 20.0
 ) -> float | None:
     """Lowest SNR over `window_s` windows that carry signal energy (within `active_db` of the loudest window).
 
