@@ -96,3 +96,16 @@ def test_output_extension_rules() -> None:
     assert output_extension_for("a.mkv") == "mkv"
     for other in ("a.webm", "a.avi", "a.mpg", "a", "a.ts"):
         assert output_extension_for(other) == "mp4"
+
+
+def test_media_engine_cli_do_not_import_torch() -> None:
+    """The API process probes uploads and builds options: that must never pull in torch."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = (
+        "import sys, media_cleaner.media, media_cleaner.engine, media_cleaner.evaluate.quality, media_cleaner.cli;"
+        "media_cleaner.cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
