@@ -79,8 +79,19 @@ def start_cluster() -> PgCluster:
     port = free_port()
     run = dict(capture_output=True, text=True, timeout=120, check=True)
     subprocess.run(
-        [*as_user, str(bindir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-         "--no-sync"],
+        [
+            *as_user,
+            str(bindir / "initdb"),
+            "-D",
+            str(root / "data"),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
         **run,
     )
     options = (
@@ -88,8 +99,20 @@ def start_cluster() -> PgCluster:
         "-c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB"
     )
     subprocess.run(
-        [*as_user, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-o", options, "-l", str(root / "log"), "-w",
-         "-t", "60", "start"],
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(root / "data"),
+            "-o",
+            options,
+            "-l",
+            str(root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
         **run,
     )
     return PgCluster(bindir, root, port, as_user)
