@@ -100,7 +100,7 @@ class Cluster:
         self.env = {
             **os.environ,
             "MEDIA_CLEANER_DATABASE_URL": self.url,
-            "MEDIA_CLEANER_STORAGE_URL": f"file://{self.shared}",
+            "MEDIA_CLEANER_STORAGE_URL": f"shared://{self.shared}",
             "MEDIA_CLEANER_MODEL_CACHE_DIR": str(REPO / ".venv" / "model_cache"),
             "MEDIA_CLEANER_HEARTBEAT_TIMEOUT_SECONDS": "6",
             "MEDIA_CLEANER_CANCEL_GRACE_SECONDS": "3",

@@ -15,7 +15,11 @@ def open_storage(settings: Settings) -> Storage:
         return LocalStorage(settings)
     if url.startswith("file://"):
         return LocalStorage(settings, root=Path(url.removeprefix("file://")))
-    raise ValueError(f"unsupported storage_url {url!r}: only local directories (file://) are built in")
+    if url.startswith("shared://"):  # a mount every node sees (NFS...): node-local scratch, fsync + atomic publish
+        from media_cleaner.storage.shared import SharedPathStorage
+
+        return SharedPathStorage(settings, root=Path(url.removeprefix("shared://")))
+    raise ValueError(f"unsupported storage_url {url!r}: use file:///dir (one machine) or shared:///mount (cluster)")
 
 
 __all__ = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -176,10 +177,14 @@ def claim_task(store: TaskStore, task_id: str, worker_id: str) -> Task | None:
 
 def acquire(rt: WorkerRuntime, task_id: str, worker_id: str) -> Task | None:
     """Claim the row this job is about. A row still `processing` under a silent worker (killed mid-task) goes back
-    through the store's recovery (pending, or failed after max_attempts) first; one under a live worker is left
-    alone (a duplicate job). None: nothing to run."""
+    through the store's recovery (pending, or failed after max_attempts) first. A row under a live worker (a local
+    executor polling the same database, or a duplicate job) is left to it: if that worker dies, recovery makes the
+    row pending again and the upkeep re-defers it. None: nothing to run."""
     stale_after = timedelta(seconds=rt.settings.heartbeat_timeout_seconds)
-    for _ in range(int(rt.settings.heartbeat_timeout_seconds) + 30):
+    # A retried job of a killed worker can arrive a little before the row's own heartbeat goes stale (the two
+    # heartbeats tick independently): wait up to one timeout for it before calling the owner alive.
+    patience = time.monotonic() + rt.settings.heartbeat_timeout_seconds
+    while time.monotonic() < patience + 60:  # bound even a row that keeps changing under us
         task = rt.store.get(task_id)
         if task is None or task.terminal:
             return None
@@ -187,16 +192,13 @@ def acquire(rt: WorkerRuntime, task_id: str, worker_id: str) -> Task | None:
             claimed = claim_task(rt.store, task_id, worker_id)
             if claimed is not None:
                 return claimed
-            continue
-        if task.worker_id == worker_id:
-            return None
+            continue  # someone else moved it meanwhile: look again
         if task.heartbeat_at is None or task.heartbeat_at < utcnow() - stale_after:
-            recovered = rt.store.recover(stale_before=utcnow() - stale_after, worker_ids=())
-            log.warning(
-                "took over task from silent worker %s: %s", task.worker_id, recovered, extra={"task_id": task_id}
-            )
+            recovered = rt.store.recover(stale_before=utcnow() - stale_after)
+            log.warning("took over from silent worker %s: %s", task.worker_id, recovered, extra={"task_id": task_id})
             continue
-        if rt.stop.wait(1.0):  # its worker may be dying: wait for the heartbeat to go stale before deciding
+        if time.monotonic() > patience or rt.stop.wait(0.5):
+            log.info("task is running on live worker %s; job skipped", task.worker_id, extra={"task_id": task_id})
             return None
     return None
 

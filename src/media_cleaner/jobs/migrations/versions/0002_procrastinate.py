@@ -40,10 +40,11 @@ def downgrade() -> None:
         "DROP TABLE IF EXISTS procrastinate_events, procrastinate_periodic_defers, procrastinate_jobs, "
         "procrastinate_workers, procrastinate_version CASCADE"
     )
-    bind.exec_driver_sql(
-        "DO $$ DECLARE r record; BEGIN "
-        "FOR r IN SELECT oid::regprocedure AS sig FROM pg_proc WHERE proname LIKE 'procrastinate%' LOOP "
-        "EXECUTE 'DROP FUNCTION IF EXISTS ' || r.sig || ' CASCADE'; END LOOP; "
-        "FOR r IN SELECT typname FROM pg_type WHERE typname LIKE 'procrastinate%' AND typtype IN ('e', 'c') LOOP "
-        "EXECUTE 'DROP TYPE IF EXISTS ' || quote_ident(r.typname) || ' CASCADE'; END LOOP; END $$"
-    )
+    with bind.connection.dbapi_connection.cursor() as cursor:  # no parameters: `%` stays literal
+        cursor.execute(
+            "DO $$ DECLARE r record; BEGIN "
+            "FOR r IN SELECT oid::regprocedure AS sig FROM pg_proc WHERE proname LIKE 'procrastinate%' LOOP "
+            "EXECUTE 'DROP FUNCTION IF EXISTS ' || r.sig || ' CASCADE'; END LOOP; "
+            "FOR r IN SELECT typname FROM pg_type WHERE typname LIKE 'procrastinate%' AND typtype IN ('e', 'c') LOOP "
+            "EXECUTE 'DROP TYPE IF EXISTS ' || quote_ident(r.typname) || ' CASCADE'; END LOOP; END $$"
+        )
