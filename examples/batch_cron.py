@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default=os.environ.get("MEDIA_CLEANER_API_KEY"))
     parser.add_argument("--epsilon", type=float)
     parser.add_argument("--audio-level")
+    parser.add_argument("--no-video", action="store_true", help="leave the picture untouched")
+    parser.add_argument("--no-audio", action="store_true", help="leave the sound untouched")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--recursive", action="store_true")
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait per video")
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             client,
             epsilon=args.epsilon,
             audio_level=args.audio_level,
+            protect_video=False if args.no_video else None,
+            protect_audio=False if args.no_audio else None,
             download_dir=args.output_dir,
             state_path=args.output_dir / STATE_FILE_NAME,
             concurrency=args.concurrency,

@@ -315,9 +315,14 @@ class BatchRunner:
         if self.download_dir is not None:
             item.status = "downloading"
             target = self.download_dir / Path(item.detail.get("relative", item.path.name)).parent
-            item.output = self.client.download_result(
+            fetched = self.client.download_result(
                 item.task_id, target, progress=lambda done, total: self._emit("download", item, done, total)
             )
+            # Named after the local file: identical content under another name reuses the same server task
+            # (same key), and its server-side name would be the other file's.
+            item.output = fetched.with_name(f"{item.path.stem}_protected{fetched.suffix}")
+            if fetched != item.output:
+                os.replace(fetched, item.output)
         item.status = "done"
         if self.state:
             self.state.update(item.key, status="done", task_id=item.task_id, output=item.output, error=None)
