@@ -11,7 +11,6 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from media_cleaner.api import web_access
 from media_cleaner.api.web_preview import amplified_difference, downscale, encode_png, read_frame
@@ -63,16 +62,14 @@ def web_config(request: Request) -> dict:
     summary="One frame of the original or protected video, or their amplified difference, as PNG",
     responses={200: {"content": {"image/png": {}}}},
 )
-async def preview(
+def preview(
     request: Request,
     task_id: str,
     kind: Literal["original", "protected", "diff"] = Query("protected"),
     t: float = Query(1.0, ge=0.0, le=48 * 3600.0, description="seconds from the start"),
     max_width: int | None = Query(None, ge=16, le=8192, description="downscale wider frames by an integer factor"),
 ) -> Response:
-    files = await web_access.task_files(request, task_id)
-    if isinstance(files, Response):
-        return files
+    files = web_access.task_files(request, task_id)
     if files.status != "completed":
         return _error(409, "not_ready", "The task has not completed yet; previews need the protected video")
     needed = {"original": [files.original], "protected": [files.protected], "diff": [files.original, files.protected]}
@@ -80,7 +77,7 @@ async def preview(
         if path is None or not path.is_file():
             return _error(410, "gone", "The file for this preview has been removed from the server")
     try:
-        png, headers = await run_in_threadpool(_render, kind, files.original, files.protected, t, max_width)
+        png, headers = _render(kind, files.original, files.protected, t, max_width)
     except MediaCleanerError as exc:
         return _error(422, exc.code, "This frame could not be decoded")
     return Response(png, media_type="image/png", headers={**headers, "Cache-Control": "private, max-age=3600"})

@@ -14,6 +14,13 @@
     failed: 'Failed',
     cancelled: 'Cancelled',
   };
+  const HEADINGS = {
+    pending: 'Waiting:',
+    processing: 'Processing',
+    completed: 'Finished:',
+    failed: 'Could not protect',
+    cancelled: 'Cancelled:',
+  };
   const PHASE_WORDS = {
     queued: 'Waiting for a free worker',
     pending: 'Waiting for a free worker',
@@ -442,6 +449,7 @@
     state.current = taskId;
     $('current').hidden = false;
     $('current-name').textContent = name || '';
+    $('current-heading').textContent = HEADINGS.pending;
     $('current-status').textContent = STATUS_WORDS.pending;
     $('current-status').className = 'badge pending';
     $('current-phase').textContent = '';
@@ -504,6 +512,7 @@
   }
 
   function showCurrent(task) {
+    $('current-heading').textContent = HEADINGS[task.status] || 'Processing';
     const badge = $('current-status');
     badge.textContent = STATUS_WORDS[task.status] || task.status;
     badge.className = `badge ${task.status}`;
@@ -514,8 +523,9 @@
     if ($('current-text').textContent !== sentence) $('current-text').textContent = sentence;
     const milestone = `${task.status}|${task.phase || ''}|${Math.floor(Number(task.progress || 0) / 10)}`;
     if (milestone !== state.milestone) {
+      if (milestone.split('|')[0] !== state.milestone.split('|')[0]) refreshTasks(); // the list shows status too
       state.milestone = milestone;
-      announce(task.status === 'processing' ? sentence : `${STATUS_WORDS[task.status] || task.status}. ${sentence}`);
+      announce(sentence);
     }
     const active = ACTIVE.has(task.status);
     $('current-cancel').hidden = !active;
@@ -800,13 +810,13 @@
     return Math.abs(value) >= 100 ? value.toFixed(0) : value.toPrecision(3);
   }
 
-  function fillList(listId, entries) {
+  function fillList(listId, entries, emptyText = 'Not measured for this video') {
     const list = $(listId);
     list.replaceChildren();
     for (const [path, value] of entries) {
       list.append(el('dt', { text: label(path) }), el('dd', { text: formatValue(path, value) }));
     }
-    if (!entries.length) list.append(el('dt', { text: 'No figures in this report' }), el('dd', { text: '—' }));
+    if (!entries.length) list.append(el('dt', { text: emptyText }), el('dd', { text: '—' }));
   }
 
   const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -817,24 +827,30 @@
     return node;
   }
 
+  // Charts are drawn at the width they are shown at, so their text stays the page's size.
+  let chartWidth = 320;
+
   function chartFrame(height, summary) {
-    const root = svg('svg', { viewBox: `0 0 320 ${height}`, role: 'img', 'aria-label': summary, preserveAspectRatio: 'xMinYMin meet' });
+    const root = svg('svg', { viewBox: `0 0 ${chartWidth} ${height}`, width: chartWidth, height, role: 'img', 'aria-label': summary, preserveAspectRatio: 'xMinYMin meet' });
     root.append(svg('title', {}, summary));
     return root;
   }
 
-  /** Horizontal bars: one row per [label, seconds]. */
+  /** Horizontal bars: one row per [label, seconds]; on narrow screens the label sits above its bar. */
   function barChart(rows, unitFormat, summary) {
-    const rowH = 24;
-    const labelW = 110;
-    const width = 320 - labelW - 60;
+    const stacked = chartWidth < 420;
+    const rowH = stacked ? 36 : 24;
+    const labelW = stacked ? 0 : Math.min(170, Math.round(chartWidth * 0.42));
+    const width = chartWidth - labelW - 70;
     const max = Math.max(...rows.map((r) => r[1]), 1e-9);
     const root = chartFrame(rows.length * rowH + 4, summary);
     rows.forEach(([name, value], i) => {
       const y = i * rowH + 2;
-      root.append(svg('text', { x: 0, y: y + 15 }, name.length > 16 ? `${name.slice(0, 15)}…` : name));
-      root.append(svg('rect', { class: 'bar', x: labelW, y: y + 4, width: Math.max(1, (width * value) / max), height: 14, rx: 2 }));
-      root.append(svg('text', { x: labelW + (width * value) / max + 4, y: y + 15 }, unitFormat(value)));
+      const barY = stacked ? y + 16 : y + 4;
+      const bar = Math.max(1, (width * value) / max);
+      root.append(svg('text', { x: 0, y: y + (stacked ? 11 : 15) }, name.length > 26 ? `${name.slice(0, 25)}…` : name));
+      root.append(svg('rect', { class: 'bar', x: labelW, y: barY, width: bar, height: 14, rx: 2 }));
+      root.append(svg('text', { x: labelW + bar + 4, y: barY + 11 }, unitFormat(value)));
     });
     return root;
   }
@@ -877,7 +893,7 @@
     const rows = qualityRows(entries, params);
     if (!rows.length) return null;
     const rowH = 40;
-    const barW = 240;
+    const barW = chartWidth - 80;
     const summary = rows
       .map((r) => `${r.name} ${r.spec.fmt(r.value)}${r.target !== null ? ` (target at least ${r.spec.fmt(r.target)})` : ''}`)
       .join('; ');
@@ -913,7 +929,7 @@
     const rows = [...pairs.values()].filter((p) => p.before !== undefined && p.after !== undefined).slice(0, 6);
     if (!rows.length) return null;
     const rowH = 50;
-    const barW = 220;
+    const barW = chartWidth - 120;
     const summary = rows.map((r) => `${label(r.stem.replace('|', '.'))}: ${formatValue(r.path, r.before)} before, ${formatValue(r.path, r.after)} after`).join('; ');
     const root = chartFrame(rows.length * rowH + 4, `Before and after: ${summary}`);
     rows.forEach((r, i) => {
@@ -933,8 +949,23 @@
   // Bookkeeping numbers that say how something was measured, not how it came out.
   const SKIP_FIGURE = /(^|\.)(stream|sample_rate|lag_samples|ssim_every|ssim_frames|frames_original|frames_protected|max_time_offset_s)$/;
 
+  const TIMING_WORDS = {
+    probe: 'Reading the file',
+    audio_decode: 'Decoding audio',
+    audio_protect: 'Protecting speech',
+    video_protect: 'Protecting faces',
+    video_quality: 'Measuring the change',
+    decode_encode: 'Decoding + encoding',
+    quality: 'Checking the result',
+    efficacy: 'Testing recognisers',
+  };
+  function timingLabel(key) {
+    return TIMING_WORDS[key] || label(key);
+  }
+
   function renderReport(task) {
     const report = task.report || {};
+    chartWidth = Math.max(260, Math.min(640, ($('quality-chart').clientWidth || 320)));
     const params = { ...(task.parameters || {}), ...(report.parameters || {}) };
 
     const quality = flatten(report.quality || {}).filter(([path, v]) => typeof v === 'number' && !SKIP_FIGURE.test(path));
@@ -945,13 +976,15 @@
     $('efficacy-chart').replaceChildren(...[pairChart(efficacy)].filter(Boolean));
     fillList('efficacy-list', efficacy);
 
-    const timings = Object.entries(report.timings || {}).filter(([, v]) => typeof v === 'number' && Number.isFinite(v));
+    const timings = Object.entries(report.timings || {}).filter(
+      ([k, v]) => k !== 'total' && typeof v === 'number' && Number.isFinite(v),
+    );
     const chart = $('timings-chart');
     if (timings.length) {
-      const total = timings.reduce((s, [, v]) => s + v, 0);
-      const summary = timings.map(([k, v]) => `${label(k)} ${formatSeconds(v)}`).join(', ');
-      chart.replaceChildren(barChart(timings.map(([k, v]) => [label(k), v]), formatSeconds, `Time per phase: ${summary}`));
-      chart.append(el('p', { class: 'muted small', text: `Timed phases add up to ${formatSeconds(total)}.` }));
+      const total = Number.isFinite(report.timings.total) ? report.timings.total : timings.reduce((s, [, v]) => s + v, 0);
+      const summary = timings.map(([k, v]) => `${timingLabel(k)} ${formatSeconds(v)}`).join(', ');
+      chart.replaceChildren(barChart(timings.map(([k, v]) => [timingLabel(k), v]), formatSeconds, `Time per phase: ${summary}`));
+      chart.append(el('p', { class: 'muted small', text: `In all ${formatSeconds(total)} of work on the server.` }));
     } else {
       chart.replaceChildren(el('p', { class: 'muted small', text: 'No timings in this report.' }));
     }
@@ -1004,6 +1037,14 @@
     });
     $('tasks-refresh').addEventListener('click', refreshTasks);
     $('banner-close').addEventListener('click', hideBanner);
+    // Charts are drawn for the width they are shown at: redraw them when the window changes size.
+    let resizeTimer = null;
+    window.addEventListener('resize', () => {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(() => {
+        if (state.resultTask && !$('result').hidden) renderReport(state.resultTask);
+      }, 150);
+    });
     document.addEventListener('visibilitychange', () => {
       if (!document.hidden) refreshTasks();
     });
