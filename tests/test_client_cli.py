@@ -190,3 +190,58 @@ def test_collect_inputs_recursive_and_relative_names(tmp_path):
     deep = collect_inputs([tmp_path / "top", tmp_path / "top" / "a.mp4"], recursive=True)
     assert [rel for _, rel in flat] == [Path("a.mp4")]
     assert [rel for _, rel in deep] == [Path("a.mp4"), Path("sub/b.MP4")]
+
+
+def test_batch_concurrency_is_bounded(server, state, tmp_path, capsys):
+    state.process_seconds = 0.4
+    folder = make_folder(tmp_path / "in", [f"clip{i}.mp4" for i in range(6)])
+    assert run_cli(server, "upload", str(folder), "--wait", "--concurrency", "2", "--poll-interval", "0.05") == 0
+    spans = [(t.created, t.created + t.duration) for t in state.tasks.values()]
+    assert len(spans) == 6
+    # At no instant were more than two tasks in flight on the server (a task is in flight from upload to done).
+    peak = max(sum(start <= s < end for start, end in spans) for s, _ in spans)
+    assert peak == 2
+
+
+def test_progress_bars_show_upload_processing_download(server, tmp_path, capsys):
+    from media_cleaner.client import MediaCleanerClient
+    from media_cleaner.client.batch import BatchRunner
+    from media_cleaner.client.cli import TqdmReporter
+
+    folder = make_folder(tmp_path / "in", ["bar.mp4"])
+    with MediaCleanerClient(server.url) as client:
+        runner = BatchRunner(
+            client, download_dir=tmp_path / "out", poll_interval=0.05, reporter=TqdmReporter(enabled=True)
+        )
+        (item,) = runner.run([folder])
+    assert item.status == "done"
+    err = capsys.readouterr().err
+    assert "upload" in err and "process" in err and "download" in err and "100%" in err
+
+
+def test_ctrl_c_stops_quickly_and_keeps_state(server, state, tmp_path):
+    import signal
+    import time
+
+    state.process_seconds = 60
+    clip = make_folder(tmp_path / "in", ["long.mp4"]) / "long.mp4"
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "client.py", "--server", server.url, "upload", str(clip), "--download", str(out)]
+        + ["--poll-interval", "0.2"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not state.tasks and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and time.monotonic() - started < 5
+    assert "re-run" in err and "Traceback" not in err
+    (entry,) = json.loads((out / STATE_FILE_NAME).read_text())["items"].values()
+    assert entry["task_id"] in state.tasks and entry["status"] == "submitted"

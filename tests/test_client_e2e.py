@@ -199,3 +199,33 @@ def test_spec_command_line_full_protection(real, clip, tmp_path):
     assert task["parameters"]["protect_video"] and task["parameters"]["protect_audio"]
     assert task["report"] is not None
     print(f"full protection of a 3 s clip through the CLI: {time.monotonic() - started:.1f} s")
+
+
+def test_flask_example_against_real_server(real, clip):
+    """The Flask app forwards an upload to the real server and tracks it; cancelled early to spare the CPU."""
+    import io
+
+    spec = importlib.util.spec_from_file_location("example_flask_app", REPO / "examples" / "flask_app" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    web = module.create_app(real.url).test_client()
+    answer = web.post(
+        "/upload",
+        data={"file": (io.BytesIO(clip.read_bytes()), clip.name), "epsilon": "0.1", "audio_level": "слабый"},
+        content_type="multipart/form-data",
+    )
+    assert answer.status_code == 303, answer.data
+    task_id = answer.headers["Location"].rsplit("/", 1)[-1]
+    status = web.get(f"/api/tasks/{task_id}").get_json()
+    assert status["task_id"] == task_id and status["original_filename"] == clip.name
+    assert web.get(f"/tasks/{task_id}").status_code == 200
+    with MediaCleanerClient(real.url) as client:
+        task = client.get_task(task_id)
+        assert task["parameters"]["epsilon"] == 0.1 and task["parameters"]["audio_level"] == "weak"
+        if task["status"] in ("pending", "processing"):
+            client.cancel_task(task_id)
+        final = client.wait_for_completion(task_id, timeout=240, poll_interval=0.3)
+    if final["status"] != "completed":
+        assert web.get(f"/tasks/{task_id}/download").status_code == 409
+    text = web.post("/upload", data={"file": (io.BytesIO(b"plain text"), "a.mp4")}, content_type="multipart/form-data")
+    assert text.status_code == 415

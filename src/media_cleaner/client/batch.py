@@ -10,7 +10,6 @@ A file whose task failed or was cancelled is retried on the next run (a new key 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +29,12 @@ VIDEO_SUFFIXES = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv", ".3gp", ".ogv"}
 )
 STATE_FILE_NAME = ".media-cleaner-state.json"
+
+try:  # POSIX; the client also runs on Windows laptops, where msvcrt gives the same non-blocking lock
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+    import msvcrt
 STATE_VERSION = 1
 
 
@@ -130,18 +135,29 @@ class AlreadyRunning(ClientError):
 
 @contextlib.contextmanager
 def run_lock(state_path: Path) -> Iterator[None]:
-    """One batch run per state file at a time: overlapping cron runs would upload the same files twice."""
+    """One batch run per state file at a time: overlapping cron runs would upload the same files twice.
+
+    An OS lock (not a pid file): it disappears with the process, so a killed run never blocks the next one.
+    """
     state_path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = state_path.with_name(state_path.name + ".lock")
-    with lock_path.open("a") as fh:
+    with lock_path.open("a+b") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:  # pragma: no cover - Windows
+                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
             raise AlreadyRunning(f"another batch run holds {lock_path}; skipping this one") from exc
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Interrupted(ClientError):
+    code = "interrupted"
 
 
 class BatchRunner:
@@ -185,6 +201,7 @@ class BatchRunner:
         self.max_attempts = max(1, max_attempts)
         self.force = force
         self.reporter = reporter
+        self._stop = threading.Event()
 
     def run(self, paths: Iterable[str | os.PathLike[str]], recursive: bool = False) -> list[BatchItem]:
         inputs = collect_inputs(paths, recursive=recursive)
@@ -205,8 +222,16 @@ class BatchRunner:
                     slots.sort()
             return item
 
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="batch") as pool:
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="batch")
+        try:
             list(pool.map(work, items))
+        except KeyboardInterrupt:
+            # Workers notice the flag at their next progress tick (upload chunk, poll, download chunk) and stop;
+            # the state file already holds every task id, so the next run re-attaches.
+            self._stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return items
 
     # -- one file ------------------------------------------------------------------------------------------------
@@ -328,6 +353,8 @@ class BatchRunner:
             self.state.update(item.key, status="done", task_id=item.task_id, output=item.output, error=None)
 
     def _emit(self, event: str, item: BatchItem, *args: Any) -> None:
+        if self._stop.is_set() and event != "finish":
+            raise Interrupted("interrupted")
         if self.reporter is not None:
             getattr(self.reporter, event)(item, *args)
 
