@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import queue
+import threading
 import time
 from typing import Any
 
@@ -99,10 +101,34 @@ class _Dispatch(logging.Handler):
             logger.handle(record)
 
 
-def start_listener(log_queue: Any) -> logging.handlers.QueueListener:
-    listener = logging.handlers.QueueListener(log_queue, _Dispatch())
-    listener.start()
-    return listener
+class QueueDrain:
+    """Listener side for one worker's log queue. Unlike `QueueListener.stop()`, `close()` never blocks: a worker
+    killed with -9 may have left the queue's lock held, so nothing here writes to the queue."""
+
+    def __init__(self, log_queue: Any) -> None:
+        self.queue = log_queue
+        self._done = threading.Event()
+        self._dispatch = _Dispatch()
+        self._thread = threading.Thread(target=self._run, name="log-drain", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                record = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._done.is_set():
+                    return
+                continue
+            except (EOFError, OSError, ValueError):
+                return
+            self._dispatch.handle(record)
+
+    def close(self, timeout: float = 1.0) -> None:
+        self._done.set()
+        self._thread.join(timeout)
+        self.queue.cancel_join_thread()
+        self.queue.close()
 
 
 def configure_child_logging(log_queue: Any, settings: Settings) -> None:

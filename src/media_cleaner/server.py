@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import sys
 import tempfile
@@ -165,6 +166,10 @@ def serve(settings: Settings, workers: int) -> int:
         access_log=settings.debug,
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it caught once shutdown is complete; with these handlers in place that is a
+    # no-op, so a requested stop exits 0 instead of dying "killed by SIGTERM".
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     try:
         server.run()  # installs SIGINT/SIGTERM handlers; the app's lifespan stops the pool on the way out
     finally:

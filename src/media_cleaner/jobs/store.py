@@ -242,6 +242,11 @@ class TaskStore:
             self._worker_idle(session, worker_id)
             return done == 1
 
+    def worker_idle(self, worker_id: str) -> None:
+        """The worker finished with its task, whatever the outcome (the supervisor stops watching it)."""
+        with self._write() as session:
+            self._worker_idle(session, worker_id)
+
     def _worker_idle(self, session: Session, worker_id: str) -> None:
         session.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(current_task_id=None))
 

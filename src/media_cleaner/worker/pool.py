@@ -19,7 +19,7 @@ from typing import Any
 from media_cleaner.config import Settings
 from media_cleaner.jobs.backend import open_store
 from media_cleaner.jobs.models import TaskStatus, utcnow
-from media_cleaner.logs import QUEUE_LOGGER, start_listener
+from media_cleaner.logs import QUEUE_LOGGER, QueueDrain
 from media_cleaner.storage import open_storage
 from media_cleaner.worker.process import new_worker_id, worker_main
 
@@ -38,6 +38,7 @@ class Slot:
     crashes: int = 0
     not_before: float = 0.0
     kill_reason: str | None = None
+    drain: Any = None
     history: list[int] = field(default_factory=list)  # pids, for tests and logs
 
 
@@ -48,9 +49,6 @@ class WorkerPool:
         self.store = open_store(self.settings)
         self.storage = open_storage(self.settings)
         self._ctx = mp.get_context("spawn")
-        self._stop = self._ctx.Event()
-        self._log_queue = self._ctx.Queue()
-        self._listener: Any = None
         self.slots = [Slot(i) for i in range(self.size)]
         self._thread: threading.Thread | None = None
         self._halt = threading.Event()
@@ -58,7 +56,6 @@ class WorkerPool:
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> WorkerPool:
-        self._listener = start_listener(self._log_queue)
         self._sweep()  # tasks orphaned by a previous run whose heartbeat is already stale
         for slot in self.slots:
             self._spawn(slot)
@@ -70,9 +67,11 @@ class WorkerPool:
     def stop(self, timeout: float = 30.0) -> None:
         """Ask workers to stop (running tasks go back to the queue), then kill what is left."""
         self._halt.set()
-        self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+        for slot in self.slots:
+            if slot.process is not None and slot.process.is_alive():
+                slot.process.terminate()  # SIGTERM: the worker releases its task and exits
         deadline = time.monotonic() + timeout
         for slot in self.slots:
             if slot.process is not None:
@@ -87,10 +86,11 @@ class WorkerPool:
             self.store.recover(worker_ids=leftovers)
             for worker_id in leftovers:
                 self.store.unregister_worker(worker_id)
+        for slot in self.slots:
+            if slot.drain is not None:
+                slot.drain.close()
+                slot.drain = None
         log.info("worker pool stopped")
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
 
     # -- introspection --------------------------------------------------------------------------------------
     def pids(self) -> list[int]:
@@ -103,15 +103,19 @@ class WorkerPool:
     # -- internals ------------------------------------------------------------------------------------------
     def _spawn(self, slot: Slot) -> None:
         worker_id = new_worker_id(slot.index)
+        # One log queue per worker process: a worker killed with -9 can only wedge its own queue's lock.
+        log_queue = self._ctx.Queue()
+        drain = QueueDrain(log_queue)
         process = self._ctx.Process(
             target=worker_main,
-            args=(self.settings.model_dump(mode="json"), worker_id, self._log_queue, self._stop),
+            args=(self.settings.model_dump(mode="json"), worker_id, log_queue),
             name=f"worker-{slot.index}",
             daemon=True,
         )
         process.start()
         with self._lock:
             slot.process, slot.worker_id, slot.started, slot.kill_reason = process, worker_id, time.monotonic(), None
+            slot.drain = drain
             slot.history.append(process.pid or 0)
         log.info("spawned worker %s (pid %s)", worker_id, process.pid)
 
@@ -180,8 +184,10 @@ class WorkerPool:
             recovered.failed,
             delay,
         )
+        if slot.drain is not None:
+            slot.drain.close()
         with self._lock:
-            slot.process, slot.not_before = None, time.monotonic() + delay
+            slot.process, slot.drain, slot.not_before = None, None, time.monotonic() + delay
         if not self._halt.is_set() and delay == 0:
             self._spawn(slot)
 

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from typing import Any
 
@@ -22,9 +23,12 @@ def new_worker_id(slot: int) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{slot}:{os.urandom(3).hex()}"
 
 
-def worker_main(settings_data: dict[str, Any], worker_id: str, log_queue: Any, stop: Any) -> None:
-    """Entry point of a spawned worker. Exits when `stop` is set or its parent disappears."""
+def worker_main(settings_data: dict[str, Any], worker_id: str, log_queue: Any) -> None:
+    """Entry point of a spawned worker. Stops on SIGTERM (a running task goes back to the queue) or when its
+    parent disappears. No lock is shared with other workers, so killing one (-9) cannot wedge the rest."""
+    stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     settings = Settings(**settings_data)
     if log_queue is not None:
         configure_child_logging(log_queue, settings)

@@ -171,3 +171,7 @@ def run_task(ctx: WorkerContext, task: Task) -> str:
         return "failed"
     finally:
         storage.clear_work_dir(task.id)
+        try:
+            store.worker_idle(ctx.worker_id)
+        except Exception:
+            tlog.warning("could not mark the worker idle", exc_info=True)
