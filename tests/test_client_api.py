@@ -246,3 +246,10 @@ def test_client_imports_neither_torch_nor_server_packages():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_download_from_unreachable_server_is_a_connection_error(tmp_path):
+    with MediaCleanerClient("http://127.0.0.1:9", retries=1, backoff=0.01) as c:
+        with pytest.raises(ServerUnavailableError):
+            c.download_result("abc123", tmp_path)
+    assert not list(tmp_path.iterdir())

@@ -291,7 +291,11 @@ class MediaCleanerClient:
             offset = part.stat().st_size if part.exists() else 0
             try:
                 final, done, total = self._download_once(task_id, part, offset, explicit, folder, progress)
-            except (httpx.TransportError, ServerUnavailableError) as exc:
+            except httpx.TransportError as exc:
+                if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and resumes >= self.retries:
+                    raise ServerUnavailableError(
+                        f"cannot reach the Media Cleaner server at {self.base_url}: {_describe(exc)}"
+                    ) from exc
                 if resumes >= max_resumes:
                     raise DownloadError(
                         f"download of {task_id} interrupted ({_describe(exc)}); "
@@ -319,7 +323,7 @@ class MediaCleanerClient:
     ) -> tuple[Path, int, int | None]:
         headers = {"Range": f"bytes={offset}-", "Accept": "*/*"} if offset else {"Accept": "*/*"}
         with self._http.stream("GET", f"/download/{_id(task_id)}", headers=headers) as response:
-            if response.status_code == 416:  # the part is stale or already complete: start clean
+            if response.status_code == 416 and offset:  # the part is stale or already complete: start clean
                 part.unlink(missing_ok=True)
                 return self._download_once(task_id, part, 0, explicit, folder, progress)
             if not response.is_success:
@@ -329,6 +333,8 @@ class MediaCleanerClient:
             if response.status_code == 206:
                 start, total = _content_range(response.headers.get("content-range", ""))
                 if start != offset:  # the server resumed somewhere else: do not splice mismatched bytes
+                    if not offset:
+                        raise DownloadError(f"unexpected partial answer for {task_id}: {response.headers}")
                     response.close()
                     part.unlink(missing_ok=True)
                     return self._download_once(task_id, part, 0, explicit, folder, progress)
