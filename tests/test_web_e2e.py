@@ -161,6 +161,52 @@ def _unthrottle(page) -> None:  # noqa: ANN001
     )
 
 
+def _drop_file(page, selector: str, path: Path) -> None:  # noqa: ANN001
+    """Drag a real file onto an element: the browser's own DataTransfer carrying a File with the file's bytes."""
+    data = list(path.read_bytes())
+    page.evaluate(
+        """([selector, name, bytes]) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], name, { type: 'video/mp4' }));
+            const target = document.querySelector(selector);
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+              target.dispatchEvent(new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: transfer }));
+            }
+        }""",
+        [selector, path.name, data],
+    )
+
+
+def test_keyboard_only(server: Server, browser) -> None:  # noqa: ANN001
+    """Every control is reached with Tab in reading order and works from the keyboard."""
+    page = _page(browser)
+    page.goto(server.url + "/")
+    page.get_by_text("Drop a video here").wait_for()
+    reached = []
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("document.activeElement.id || document.activeElement.className"))
+    assert reached[0] == "skip-link"
+    for control in ("file-input", "eps-012", "audio-weak", "submit"):
+        assert control in reached, (control, reached)
+    assert (
+        reached.index("file-input") < reached.index("eps-012") < reached.index("audio-weak") < reached.index("submit")
+    )
+    # The drop zone shows that its (hidden) file input has focus.
+    page.focus("#file-input")
+    outline = page.evaluate("getComputedStyle(document.getElementById('dropzone')).outlineStyle")
+    assert outline == "solid"
+    # Arrow keys move between the strengths; Enter on the button without a file explains what is missing.
+    page.focus("#eps-012")
+    page.keyboard.press("ArrowDown")
+    assert page.evaluate("document.querySelector('input[name=strength]:checked').value") == "0.20"
+    page.focus("#submit")
+    page.keyboard.press("Enter")
+    assert page.inner_text("#banner-text") == "Please choose a video first."
+    assert page.evaluate("document.activeElement.id") == "file-input"  # focus goes where the fix is
+    assert page.errors == []
+
+
 def test_upload_progress_completion_download_and_comparison(server: Server, browser, tmp_path: Path) -> None:  # noqa: ANN001
     page = _page(browser)
     page.goto(server.url + "/")
@@ -268,7 +314,8 @@ def test_not_a_video_shows_a_human_error(server: Server, browser, tmp_path: Path
     bogus.write_text("These are my notes, not a video.\n" * 50)
     page = _page(browser)
     page.goto(server.url + "/")
-    page.set_input_files("#file-input", str(bogus))
+    _drop_file(page, "#dropzone", bogus)  # dragged onto the page, not picked
+    assert "holiday.mp4" in page.inner_text("#file-chosen")
     page.get_by_role("button", name="Protect video").click()
     banner = page.locator("#banner")
     banner.wait_for(state="visible")
@@ -313,8 +360,9 @@ def test_oversize_upload_shows_the_limit(browser, tmp_path: Path) -> None:  # no
         srv.stop()
 
 
-def test_api_key_is_asked_once_and_kept(browser, tmp_path: Path) -> None:  # noqa: ANN001
-    srv = Server(tmp_path, workers=0, env={"MEDIA_CLEANER_API_KEYS": json.dumps({API_KEY: "alice"})})
+def test_api_key_is_asked_once_and_kept_and_busy_server(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    env = {"MEDIA_CLEANER_API_KEYS": json.dumps({API_KEY: "alice"}), "MEDIA_CLEANER_MAX_PENDING_TASKS": "1"}
+    srv = Server(tmp_path, workers=0, env=env)
     try:
         page = _page(browser, width=360, height=780)  # phone width
         page.goto(srv.url + "/")
@@ -337,6 +385,24 @@ def test_api_key_is_asked_once_and_kept(browser, tmp_path: Path) -> None:  # noq
         page.reload()
         page.wait_for_timeout(500)
         assert not page.evaluate("document.getElementById('key-dialog').open")
+
+        # No worker here and room for one waiting task: the first upload waits in line, the second is refused.
+        page.set_input_files("#file-input", str(CLIP))
+        page.get_by_role("button", name="Protect video").click()
+        page.wait_for_function("/free worker/.test(document.getElementById('current-text').textContent)")
+        assert page.inner_text("#current-status") == "Waiting in line"
+        row = page.locator("#tasks-body tr").first
+        row.get_by_text("Waiting in line").wait_for()
+        page.set_input_files("#file-input", str(CLIP))
+        page.get_by_role("button", name="Protect video").click()
+        page.locator("#banner").wait_for(state="visible")
+        assert page.inner_text("#banner-text") == "The server is busy right now. Please try again in a minute."
+        _shot(page, "11_error_busy_phone", full_page=False)
+        # The waiting task is the key's user's, and can be cancelled from the list.
+        tasks = httpx.get(f"{srv.url}/tasks", headers={"X-API-Key": API_KEY}).json()
+        assert tasks["total"] == 1 and tasks["tasks"][0]["user_id"] == "alice"
+        row.get_by_role("button", name="Cancel grid_bbaf2n.mpg").click()
+        row.get_by_text("Cancelled").wait_for()
         assert page.errors == []
     finally:
         srv.stop()

@@ -219,6 +219,8 @@
     $('banner-text').textContent = message;
     $('banner').classList.toggle('info', kind === 'info');
     $('banner').hidden = false;
+    // On a phone the message may be far above the button that caused it: bring it into view.
+    $('banner').scrollIntoView({ block: 'nearest' });
   }
   function hideBanner() { $('banner').hidden = true; }
 
