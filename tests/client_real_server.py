@@ -24,17 +24,19 @@ WEBHOOK_SECRET = "whsec_" + "bWVkaWEtY2xlYW5lci1jbGllbnQtdGVzdHM="  # base64("me
 
 
 class RealServer:
-    def __init__(self, base_dir: Path, workers: int = 1) -> None:
+    def __init__(self, base_dir: Path, workers: int = 1, env: dict[str, str] | None = None) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_dir = base_dir
         self.workers = workers
+        self.extra_env = env or {}
         self.log = base_dir / "run_server.out"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 240) -> RealServer:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIA_CLEANER_")}
         env.update(
             MEDIA_CLEANER_BASE_DIR=str(self.base_dir),
@@ -45,6 +47,7 @@ class RealServer:
             MEDIA_CLEANER_TORCH_THREADS="1",
             MEDIA_CLEANER_VIDEO_PRESET="ultrafast",
         )
+        env.update(self.extra_env)
         cmd = [sys.executable, "run_server.py", "--host", "127.0.0.1", "--port", str(self.port)]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -56,11 +59,12 @@ class RealServer:
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
+        probe = "/ready" if self.workers else "/health"  # /ready wants a worker with models loaded
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"run_server.py exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(self.url + "/ready", timeout=5).status_code == 200:
+                if httpx.get(self.url + probe, timeout=5).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -229,3 +229,27 @@ def test_flask_example_against_real_server(real, clip):
         assert web.get(f"/tasks/{task_id}/download").status_code == 409
     text = web.post("/upload", data={"file": (io.BytesIO(b"plain text"), "a.mp4")}, content_type="multipart/form-data")
     assert text.status_code == 415
+
+
+def test_oversize_upload_is_refused_early_with_too_large(clip, tmp_path):
+    """A second real server (API only) with a 200 kB limit: the client gets the 413, not a broken pipe."""
+    from media_cleaner.client import FileTooLargeError
+
+    small = RealServer(tmp_path / "small", workers=0, env={"MEDIA_CLEANER_MAX_VIDEO_SIZE_GB": "0.0002"}).start()
+    try:
+        big = tmp_path / "big.mp4"
+        with big.open("wb") as fh:  # 64 MiB, sparse: the server must answer before the body is sent
+            fh.truncate(64 * 1024 * 1024)
+        sent: list[int] = []
+        with MediaCleanerClient(small.url) as client:
+            with pytest.raises(FileTooLargeError) as exc:
+                client.upload_video(big, progress=lambda s, t: sent.append(s))
+            assert exc.value.status_code == 413 and "max_video_size_gb" in exc.value.message
+            assert sent == []  # refused from the server's published limit before a byte of the body went out
+            with pytest.raises(FileTooLargeError) as exc:
+                client.upload_video(clip)  # small file: sent, and the server's own 413 comes back
+            assert exc.value.body["error"]["code"] == "too_large"
+        proc = cli(small, "upload", str(clip))
+        assert proc.returncode == 1 and "too_large" in proc.stdout
+    finally:
+        small.stop()

@@ -16,6 +16,7 @@ import httpx
 from media_cleaner.client.errors import (
     ApiError,
     DownloadError,
+    FileTooLargeError,
     ServerError,
     ServerUnavailableError,
     WaitTimeoutError,
@@ -25,6 +26,7 @@ from media_cleaner.client.multipart import MultipartUpload, ProgressFn
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 RETRY_STATUSES = frozenset({502, 503, 504})
+SMALL_UPLOAD = 8 << 20  # below this, sending the file costs less than asking the server for its limit first
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=120.0, pool=30.0)
 TaskCallback = Callable[[dict[str, Any]], None]
 
@@ -54,6 +56,7 @@ class MediaCleanerClient:
         self.user_id = user_id
         self.retries = retries
         self.backoff = backoff
+        self._upload_limit: int | None | bool = False  # False: not asked yet
         headers = {"User-Agent": "media-cleaner-client/0.1", "Accept": "application/json"}
         if api_key:
             headers["X-API-Key"] = api_key
@@ -172,6 +175,21 @@ class MediaCleanerClient:
         name = filename or Path(getattr(path, "name", "") or "upload.bin").name
         return self._upload(path, name, fields, headers, progress, bool(idempotency_key))
 
+    def upload_limit(self) -> int | None:
+        """The server's largest accepted upload in bytes, from `GET /web/config` (cached); None if not published.
+
+        The server refuses an oversize body from its Content-Length, but the client has pushed the whole file by the
+        time it reads that 413; asking first saves sending gigabytes to be refused.
+        """
+        if self._upload_limit is False:
+            try:
+                response = self._http.get("/web/config", timeout=10)
+                value = response.json().get("max_upload_bytes") if response.status_code == 200 else None
+                self._upload_limit = int(value) if isinstance(value, int | float) and value > 0 else None
+            except (httpx.HTTPError, ValueError, AttributeError):
+                self._upload_limit = None
+        return self._upload_limit
+
     def _upload(
         self,
         fh: BinaryIO,
@@ -182,6 +200,14 @@ class MediaCleanerClient:
         retry: bool,
     ) -> dict[str, Any]:
         body = MultipartUpload(fh, filename, fields, progress=progress)
+        limit = self.upload_limit() if body.file_size > SMALL_UPLOAD else None
+        if limit is not None and body.file_size > limit:
+            raise FileTooLargeError(
+                f"{filename} is {body.file_size} bytes; the server accepts at most {limit} bytes (max_video_size_gb)",
+                status_code=413,
+                method="POST",
+                url=f"{self.base_url}/upload",
+            )
         # A fresh generator per attempt: `_send` may retry, and a consumed generator cannot be replayed.
         attempt = 0
         while True:
