@@ -253,3 +253,17 @@ def test_download_from_unreachable_server_is_a_connection_error(tmp_path):
         with pytest.raises(ServerUnavailableError):
             c.download_result("abc123", tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_multipart_body_is_streamed_in_bounded_chunks(tmp_path):
+    from media_cleaner.client.multipart import CHUNK, MultipartUpload
+
+    big = tmp_path / "big.mp4"
+    with big.open("wb") as fh:
+        fh.truncate(40 * 1024 * 1024)  # sparse: cheap to create, 40 MiB to stream
+    with big.open("rb") as fh:
+        body = MultipartUpload(fh, big.name, {"epsilon": "0.1"})
+        sizes = [len(chunk) for chunk in body.stream()]
+        again = sum(len(chunk) for chunk in body.stream())  # a retry re-reads the file from the start
+    assert sum(sizes) == again == body.content_length
+    assert max(sizes) <= CHUNK and len(sizes) >= 40  # never the whole file in memory
