@@ -44,6 +44,7 @@ class ServerProcess:
         }
         self.log_path = base_dir / "run_server.out"
         self.proc: subprocess.Popen | None = None
+        self.leftover: list[int] = []  # processes of the server's session still alive after a clean stop
         self.http = httpx.Client(base_url=self.url, timeout=60)
 
     def start(self, timeout: float = 180) -> ServerProcess:
@@ -77,7 +78,12 @@ class ServerProcess:
             return None if self.proc is None else self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
+            deadline = time.monotonic() + 10  # the resource tracker exits a moment after its parent
+            while (left := self.children()) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            self.leftover = left
+            return code
         finally:
             self.kill()
 

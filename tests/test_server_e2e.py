@@ -60,7 +60,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     yield srv
     code = srv.stop()
     assert code == 0, srv.output()[-3000:]  # SIGTERM: clean shutdown
-    assert srv.children() == [], "worker processes outlived the server"
+    assert srv.leftover == [], "worker processes outlived the server"
 
 
 def test_transcode_end_to_end_with_download_and_range(server: ServerProcess, clip: Path, tmp_path: Path) -> None:

@@ -44,7 +44,14 @@ class ParsedUpload:
 
 
 def too_large(limit: int) -> ApiError:
-    return ApiError(413, "too_large", f"File exceeds the maximum size of {limit} bytes (max_video_size_gb)")
+    # Connection: close makes uvicorn drop the connection after answering instead of draining the rest of the
+    # body to keep it alive; the client learns at once and no more bytes are read.
+    return ApiError(
+        413,
+        "too_large",
+        f"File exceeds the maximum size of {limit} bytes (max_video_size_gb)",
+        headers={"Connection": "close"},
+    )
 
 
 async def receive_upload(
