@@ -407,3 +407,85 @@ def test_api_key_is_asked_once_and_kept_and_busy_server(browser, tmp_path: Path)
     finally:
         srv.stop()
         shutil.rmtree(tmp_path / "videos_input", ignore_errors=True)
+
+
+# A report shaped like the engine's (engine.protect + evaluate.speech), with known figures, so the page's reading
+# of every section can be checked; it is never used for the docs screenshots (those show real runs only).
+RICH_REPORT = {
+    "parameters": {"epsilon": 0.12, "pixel_bound": 6.912, "audio_level": "weak"},
+    "probe": {"duration": 3.0},
+    "timings": {"probe": 0.02, "audio_protect": 2.5, "video_protect": 12.0, "decode_encode": 1.5, "total": 16.5},
+    "quality": {
+        "video": {"psnr_db": 43.25, "ssim_mean": 0.9712, "linf_max": 7, "frames": 75, "measured": "before encoding"},
+        "audio": {"snr_db": 40.4, "worst_window_snr_db": 38.2, "stream": 1},
+        "encoded": {"psnr_mean_db": 41.9, "ssim_mean": 0.985},
+    },
+    "efficacy": {
+        "faces": {"frames_with_face_original": 1.0, "frames_with_face_protected": 0.04},
+        "speech": {
+            "whisper": {
+                "recogniser": "whisper-base (faster-whisper, int8)",
+                "original_text": "bin blue at f two now",
+                "protected_text": "been to the office",
+                "wer_original": 0.0,
+                "wer_protected": 1.0,
+            }
+        },
+    },
+}
+
+
+def test_report_view_reads_every_section(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    """The real app in this process (uvicorn in a thread); a task completed through the real store and storage."""
+    import threading
+
+    import uvicorn
+
+    from media_cleaner.api import create_app
+    from media_cleaner.config import load_settings
+
+    settings = load_settings(base_dir=tmp_path)
+    app = create_app(settings, configured_workers=0, maintenance=False)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        with CLIP.open("rb") as handle:
+            task_id = httpx.post(f"{url}/upload", files={"file": (CLIP.name, handle)}).json()["task_id"]
+        ctx = app.state.ctx
+        claimed = ctx.store.claim("browser-test")
+        output = ctx.storage.local_path("output", claimed.output_name)
+        shutil.copyfile(CLIP, output)  # identical frames: the difference view must say so, not divide by zero
+        ctx.store.complete(task_id, "browser-test", output_size=output.stat().st_size, report=RICH_REPORT)
+
+        page = _page(browser)
+        page.goto(url + "/")
+        page.locator("#tasks-body tr").first.get_by_role("button", name="See what changed in grid_bbaf2n.mpg").click()
+        page.wait_for_function("document.getElementById('img-diff').naturalWidth > 0")
+        quality = page.inner_text("#quality-chart")
+        assert "Picture change (PSNR)" in quality and "43.3 dB ✓" in quality
+        assert "0.971 ✗" in quality  # SSIM under its 0.98 target is marked, not hidden
+        assert "Sound change, worst second" in quality and "38.2 dB ✗" in quality  # under the weak floor (40 dB)
+        assert "Delivered file vs original (PSNR)" in quality
+        efficacy = page.inner_text("#efficacy-chart")
+        assert "before 100.0%" in efficacy and "after 4.0%" in efficacy
+        heard = page.inner_text("#efficacy-heard")
+        assert "What whisper-base (faster-whisper, int8) heard" in heard
+        assert "“bin blue at f two now”" in heard and "“been to the office”" in heard
+        timings = page.inner_text("#timings-chart")
+        assert "Protecting faces" in timings and "12 s" in timings and "In all 17 s" in timings
+        assert "total" not in timings.lower().replace("in all", "")
+        assert "6.91" in page.inner_text("#params-list")
+        assert "changed by 0.00 of 255" in page.inner_text("#diff-caption")
+        # The frame picker spans the clip and asks the server for the chosen time.
+        page.locator("#frame-time").fill("2.4")
+        page.wait_for_function("/at 2\\.40 s/.test(document.getElementById('compare-status').textContent)")
+        assert page.errors == []
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -804,7 +804,7 @@
     const key = path.toLowerCase();
     if (/(psnr|snr)/.test(key) || key.endsWith('_db')) return `${value.toFixed(1)} dB`;
     if (/ssim/.test(key)) return value.toFixed(4);
-    if (/(wer|fraction|rate|ratio)/.test(key) && value >= 0 && value <= 1.5 && !/rtf|realtime/.test(key)) {
+    if (/(wer|fraction|rate|ratio|share|frames_with|with_face)/.test(key) && value >= 0 && value <= 1.5 && !/rtf|realtime/.test(key)) {
       return `${(value * 100).toFixed(1)}%`;
     }
     if (/(seconds|_s$|time)/.test(key)) return formatSeconds(value);
@@ -948,6 +948,21 @@
     return root;
   }
 
+  /** What each recogniser made of the speech, before and after: the clearest evidence for a person. */
+  function heardBlocks(obj, path = '', out = []) {
+    if (!obj || typeof obj !== 'object' || Array.isArray(obj)) return out;
+    if (typeof obj.original_text === 'string' || typeof obj.protected_text === 'string') {
+      const quote = (text) => (text && text.trim() ? `“${text.trim()}”` : '(nothing)');
+      out.push(el('figure', { class: 'heard-item' },
+        el('figcaption', { text: `What ${obj.recogniser || label(path) || 'the recogniser'} heard` }),
+        el('p', {}, el('span', { class: 'muted', text: 'Original: ' }), quote(obj.original_text)),
+        el('p', {}, el('span', { class: 'muted', text: 'Protected: ' }), quote(obj.protected_text))));
+      return out;
+    }
+    for (const [k, v] of Object.entries(obj)) heardBlocks(v, path ? `${path}.${k}` : k, out);
+    return out;
+  }
+
   // Bookkeeping numbers that say how something was measured, not how it came out.
   const SKIP_FIGURE = /(^|\.)(stream|sample_rate|lag_samples|ssim_every|ssim_frames|frames_original|frames_protected|max_time_offset_s)$/;
 
@@ -977,6 +992,7 @@
     const efficacy = flatten(report.efficacy || {}).filter(([path, v]) => typeof v !== 'string' && !SKIP_FIGURE.test(path));
     $('efficacy-chart').replaceChildren(...[pairChart(efficacy)].filter(Boolean));
     fillList('efficacy-list', efficacy);
+    $('efficacy-heard').replaceChildren(...heardBlocks(report.efficacy || {}));
 
     const timings = Object.entries(report.timings || {}).filter(
       ([k, v]) => k !== 'total' && typeof v === 'number' && Number.isFinite(v),
