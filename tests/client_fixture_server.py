@@ -49,6 +49,7 @@ class FakeState:
     process_seconds: float = 0.6
     api_keys: dict[str, str] = field(default_factory=dict)  # key -> user
     max_bytes: int = 50 * 1024 * 1024
+    queue_full_answers: int = 0  # the next N uploads get 503 queue_full with Retry-After
     truncate_first_download_at: int | None = None  # bytes; the first full GET of each task is cut there
     tasks: dict[str, FakeTask] = field(default_factory=dict)
     idempotency: dict[tuple[str | None, str], str] = field(default_factory=dict)
@@ -141,6 +142,11 @@ def create_fake_app(state: FakeState) -> FastAPI:
             "idempotency_key": request.headers.get("idempotency-key"),
         }
         state.uploads.append(record)
+        if state.queue_full_answers > 0:
+            state.queue_full_answers -= 1
+            busy = error(503, "queue_full", "The queue is full; retry later")
+            busy.headers["Retry-After"] = "0.1"
+            return busy
         if upload is None or isinstance(upload, str):
             return error(422, "validation_error", "file is required")
         data = await upload.read()

@@ -267,3 +267,14 @@ def test_multipart_body_is_streamed_in_bounded_chunks(tmp_path):
         again = sum(len(chunk) for chunk in body.stream())  # a retry re-reads the file from the start
     assert sum(sizes) == again == body.content_length
     assert max(sizes) <= CHUNK and len(sizes) >= 40  # never the whole file in memory
+
+
+def test_queue_full_is_retried_after_the_servers_delay(server, state, video):
+    state.queue_full_answers = 2
+    with MediaCleanerClient(server.url, retries=3) as patient:
+        assert patient.upload_video(video)["status"] == "pending"
+    assert len(state.uploads) == 3 and len(state.tasks) == 1
+    state.queue_full_answers = 1
+    with MediaCleanerClient(server.url, retries=0) as hasty, pytest.raises(ServerError) as exc:
+        hasty.upload_video(video)
+    assert exc.value.code == "queue_full" and exc.value.status_code == 503

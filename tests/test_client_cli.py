@@ -127,6 +127,10 @@ def test_status_list_download_cancel_stats_health_cleanup(server, state, tmp_pat
     assert f"task      {task_id}" in text and "completed  100.0%" in text and "/download/" in text
     assert run_cli(server, "status", task_id, "--json") == 0
     assert json.loads(capsys.readouterr().out)["status"] == "completed"
+    assert run_cli(server, "upload", str(clip), "--force", "--json") == 0
+    fresh = json.loads(capsys.readouterr().out)[0]["task_id"]
+    assert run_cli(server, "status", fresh, "--wait", "--poll-interval", "0.05") == 0  # follows it to the end
+    assert "completed  100.0%" in capsys.readouterr().out
 
     assert run_cli(server, "list") == 0
     assert task_id in capsys.readouterr().out
@@ -145,11 +149,13 @@ def test_status_list_download_cancel_stats_health_cleanup(server, state, tmp_pat
     assert "not_cancellable" in capsys.readouterr().err
 
     assert run_cli(server, "stats") == 0
-    assert "completed=1" in capsys.readouterr().out
+    assert "completed=2  failed=0  cancelled=1" in capsys.readouterr().out
     assert run_cli(server, "health") == 0
     assert "ok (version fixture)" in capsys.readouterr().out
+    assert run_cli(server, "status", slow_id, "--wait") == 1  # ended, but not completed
+    assert "cancelled" in capsys.readouterr().out
     assert run_cli(server, "cleanup", "--older-than", "0") == 0
-    assert "deleted 2 task(s)" in capsys.readouterr().out
+    assert "deleted 3 task(s)" in capsys.readouterr().out
 
 
 def test_errors_are_one_line_and_exit_codes(server, tmp_path, capsys):

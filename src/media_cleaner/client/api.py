@@ -213,7 +213,6 @@ class MediaCleanerClient:
         while True:
             try:
                 response = self._http.post("/upload", content=body.stream(), headers={**headers, **body.headers()})
-                break
             except httpx.TransportError as exc:
                 # Without an idempotency key only a refused connection is safe to repeat (nothing was queued).
                 safe = retry or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
@@ -221,6 +220,13 @@ class MediaCleanerClient:
                     raise ServerUnavailableError(f"upload to {self.base_url} failed: {_describe(exc)}") from exc
                 time.sleep(self.backoff * 2**attempt)
                 attempt += 1
+                continue
+            # 503 queue_full: nothing was queued, and the server says when to come back.
+            wait = _retry_after(response) if response.status_code == 503 else None
+            if wait is None or attempt >= self.retries:
+                break
+            time.sleep(wait)
+            attempt += 1
         self._raise_for(response)
         return response.json()
 
@@ -457,6 +463,14 @@ def _id(task_id: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(task_id)):
         raise ValueError(f"not a task id: {task_id!r}")
     return str(task_id)
+
+
+def _retry_after(response: httpx.Response, cap: float = 60.0) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return min(max(float(value), 0.0), cap)
+    except ValueError:
+        return None
 
 
 def _safe_json(response: httpx.Response) -> Any:

@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = verb("status", "show one task")
     st.add_argument("task_id", metavar="ID")
     st.add_argument("--json", action="store_true")
+    st.add_argument(
+        "--wait", action="store_true", help="follow it (progress bar) until it ends; exit 1 unless completed"
+    )
+    st.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait with --wait (default 24 h)")
+    st.add_argument("--poll-interval", type=float, default=2.0)
 
     ls = verb("list", "list tasks")
     ls.add_argument("--status", choices=["pending", "processing", "completed", "failed", "cancelled"])
@@ -262,12 +267,26 @@ def _task_lines(task: dict[str, Any]) -> list[str]:
 
 
 def cmd_status(client: MediaCleanerClient, args: argparse.Namespace) -> int:
-    task = client.get_task(args.task_id)
+    if args.wait:
+        bar = tqdm(total=100, unit="%", desc="process", disable=True if args.no_progress else None)
+
+        def update(task: dict[str, Any]) -> None:
+            bar.update(round(float(task.get("progress") or 0), 1) - bar.n)
+            bar.set_postfix_str(f"{task.get('status')} {task.get('phase') or ''}".rstrip())
+
+        try:
+            task = client.wait_for_completion(
+                args.task_id, timeout=args.timeout, poll_interval=args.poll_interval, on_update=update
+            )
+        finally:
+            bar.close()
+    else:
+        task = client.get_task(args.task_id)
     if args.json:
         _print_json(task)
     else:
         print("\n".join(_task_lines(task)))
-    return EXIT_OK
+    return EXIT_OK if not args.wait or task.get("status") == "completed" else EXIT_FAILED
 
 
 def cmd_list(client: MediaCleanerClient, args: argparse.Namespace) -> int:
