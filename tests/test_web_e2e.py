@@ -302,11 +302,44 @@ def test_cancel_a_running_task(server: Server, browser) -> None:  # noqa: ANN001
     # The server agrees, and the worker lets go within seconds (the next test's upload needs it).
     task_id = row.get_attribute("data-task-id")
     assert httpx.get(f"{server.url}/task/{task_id}").json()["status"] == "cancelled"
-    deadline = time.monotonic() + 60
+    _wait_worker_idle(server)
+    assert page.errors == []
+
+
+def _wait_worker_idle(server: Server, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
     while httpx.get(f"{server.url}/stats").json()["workers"]["busy"] and time.monotonic() < deadline:
         time.sleep(0.5)
     assert httpx.get(f"{server.url}/stats").json()["workers"]["busy"] == 0
-    assert page.errors == []
+
+
+def test_private_name_keeps_the_list_separate(server: Server, browser) -> None:  # noqa: ANN001
+    """Without API keys, the spec's optional user_id: a name typed once keeps that browser's list to itself."""
+    carol = _page(browser)
+    carol.goto(server.url + "/")
+    carol.get_by_text("Keep my videos to myself").click()
+    carol.get_by_label("Your name, or a code only you use").fill("carol")
+    carol.get_by_label("Your name, or a code only you use").press("Tab")
+    carol.set_input_files("#file-input", str(CLIP))
+    carol.get_by_label("Leave audio as it is").check()
+    carol.get_by_role("button", name="Protect video").click()
+    carol.locator("#tasks-body tr").first.wait_for()
+    task_id = carol.locator("#tasks-body tr").first.get_attribute("data-task-id")
+    assert httpx.get(f"{server.url}/task/{task_id}", params={"user_id": "carol"}).json()["user_id"] == "carol"
+    assert carol.evaluate("localStorage.getItem('mediaCleaner.userId')") == "carol"
+
+    stranger = _page(browser)  # another browser profile: no name
+    stranger.goto(server.url + "/")
+    stranger.get_by_role("button", name="Refresh").click()
+    stranger.wait_for_timeout(500)
+    assert stranger.locator(f'#tasks-body tr[data-task-id="{task_id}"]').count() == 0
+
+    carol.reload()  # the name is remembered
+    assert carol.get_by_label("Your name, or a code only you use").input_value() == "carol"
+    carol.locator(f'#tasks-body tr[data-task-id="{task_id}"]').wait_for()
+    httpx.post(f"{server.url}/cancel/{task_id}", params={"user_id": "carol"})  # frees the worker (or is done)
+    _wait_worker_idle(server)
+    assert carol.errors == [] and stranger.errors == []
 
 
 def test_not_a_video_shows_a_human_error(server: Server, browser, tmp_path: Path) -> None:  # noqa: ANN001

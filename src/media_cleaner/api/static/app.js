@@ -4,6 +4,7 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const KEY_STORE = 'mediaCleaner.apiKey';
+  const USER_STORE = 'mediaCleaner.userId';
   const POLL_MS = 1000;
   const LIST_REFRESH_MS = 10000;
   const ACTIVE = new Set(['pending', 'processing']);
@@ -46,6 +47,7 @@
   const state = {
     config: { max_upload_bytes: 2 * 1024 ** 3, max_video_size_gb: 2, auth_required: false },
     key: safeGet(KEY_STORE),
+    userId: safeGet(USER_STORE), // the spec's optional user_id isolation, used when the server has no API keys
     file: null,
     xhr: null,
     current: null, // task id being watched
@@ -229,6 +231,7 @@
   function authHeaders(extra = {}) {
     const headers = { ...extra };
     if (state.key) headers['X-API-Key'] = state.key;
+    else if (state.userId) headers['X-User-Id'] = state.userId;
     return headers;
   }
 
@@ -347,6 +350,7 @@
     const epsilon = form.querySelector('input[name="strength"]:checked').value;
     const level = form.querySelector('input[name="audio_level"]:checked').value;
     const fields = { epsilon, protect_video: 'true' };
+    if (state.userId && !state.key) fields.user_id = state.userId;
     if (level === 'off') fields.protect_audio = 'false';
     else {
       fields.audio_level = level;
@@ -360,7 +364,7 @@
       const xhr = new XMLHttpRequest();
       state.xhr = xhr;
       xhr.open('POST', '/upload');
-      if (state.key) xhr.setRequestHeader('X-API-Key', state.key);
+      for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
       xhr.upload.addEventListener('progress', (event) => {
         showUploadProgress(event.loaded, event.lengthComputable ? event.total : file.size);
       });
@@ -563,7 +567,7 @@
     link.download = downloadName(task);
     if (!state.key) {
       // Without a key the browser streams the file to disk itself (no size limit in page memory).
-      link.href = url;
+      link.href = state.userId ? `${url}?user_id=${encodeURIComponent(state.userId)}` : url;
       document.body.append(link);
       link.click();
       link.remove();
@@ -1032,6 +1036,7 @@
       const radio = document.querySelector(`input[name="strength"][value="${Number(state.config.default_epsilon).toFixed(2)}"]`);
       if (radio) radio.checked = true;
     }
+    $('private').hidden = Boolean(state.config.auth_required); // with keys the key decides whose videos these are
     if (state.config.default_audio_level) {
       const radio = document.querySelector(`input[name="audio_level"][value="${state.config.default_audio_level}"]`);
       if (radio) radio.checked = true;
@@ -1047,6 +1052,13 @@
     setupCompare();
     updateAccount();
     $('upload-form').addEventListener('submit', startUpload);
+    $('user-id').value = state.userId;
+    $('private').open = Boolean(state.userId);
+    $('user-id').addEventListener('change', () => {
+      state.userId = $('user-id').value.trim();
+      safeSet(USER_STORE, state.userId);
+      refreshTasks();
+    });
     $('upload-cancel').addEventListener('click', () => state.xhr && state.xhr.abort());
     $('current-cancel').addEventListener('click', () => {
       if (!state.current) return;
