@@ -272,7 +272,9 @@ class _TimedTransform:
         out = self.protector.protect_batch(frames, self.ctx)
         self.seconds += time.perf_counter() - t0
         self.done += len(frames)
-        return np.asarray(out, dtype=np.uint8) if out.dtype != np.uint8 else out
+        if out.dtype != np.uint8:  # a float result is rounded and clipped, never wrapped around
+            out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return out
 
 
 def _video_transform(

@@ -180,6 +180,9 @@ def _run(
             setattr(vout.codec_context, attr, getattr(in_ctx, attr))
         except (AttributeError, ValueError, TypeError):
             pass
+    sar = in_ctx.sample_aspect_ratio
+    if sar and sar != 1:  # anamorphic video keeps its display shape (inverted when the pixels were turned)
+        vout.codec_context.sample_aspect_ratio = 1 / sar if rotation in (90, 270) else sar
     _copy_stream_tags(vin, vout, encode.keep_metadata, result)
 
     # Audio plan: one output stream per usable input audio stream, in input order.

@@ -202,7 +202,10 @@ def _probe_open(path: Path, container: av.container.InputContainer) -> MediaInfo
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["nothing"]
         raise UnsupportedMediaError(f"{name}: no video stream (contains {', '.join(kinds)})")
-    vstream = container.streams.video[0]
+    moving = [v for v in container.streams.video if not v.disposition & av.stream.Disposition.attached_pic]
+    if not moving:
+        raise UnsupportedMediaError(f"{name}: no video stream (only cover art)")
+    vstream = moving[0]
     ctx = vstream.codec_context
     width, height = int(ctx.width or 0), int(ctx.height or 0)
     if width <= 0 or height <= 0:
