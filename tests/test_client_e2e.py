@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import av
@@ -113,6 +114,13 @@ def test_isolation_not_ready_and_cancel(real, clip):
             alice.cancel_task(second)
         assert alice.wait_for_completion(second, timeout=60, poll_interval=0.3)["status"] == "cancelled"
         assert alice.wait_for_completion(first, timeout=240, poll_interval=0.3)["status"] == "completed"
+        hour = timedelta(hours=1)
+        assert alice.list_tasks(since=datetime.now(UTC) + hour)["total"] == 0
+        assert alice.list_tasks(since=datetime.now(UTC) - hour, status="cancelled")["tasks"][0]["task_id"] == second
+    as_alice = cli(real, "list", "--user", "alice", "--json")
+    assert as_alice.returncode == 0 and {t["user_id"] for t in json.loads(as_alice.stdout)["tasks"]} == {"alice"}
+    as_bob = cli(real, "status", first, "--user", "bob")
+    assert as_bob.returncode == 1 and "Access denied" in as_bob.stderr
 
 
 def test_cli_upload_rerun_and_verbs(real, clip, tmp_path):
