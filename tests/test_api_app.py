@@ -307,3 +307,16 @@ def test_openapi_lists_the_contract(client: TestClient) -> None:
     ):
         assert path in paths
     assert client.get("/docs").status_code == 200
+
+
+def test_periodic_cleanup_runs_by_itself(settings: Settings, clip: Path) -> None:
+    import time
+
+    with make_client(settings, retention_hours=1 / 3600, cleanup_interval_minutes=1 / 60) as c:
+        old = upload(c, clip).json()["task_id"]
+        c.post(f"/cancel/{old}")
+        deadline = time.monotonic() + 30
+        while c.get(f"/task/{old}").status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert c.get(f"/task/{old}").status_code == 404  # deleted by the background cleanup, no request needed
+        assert list(settings.path("input").iterdir()) == []

@@ -204,7 +204,7 @@ def test_kill_9_worker_mid_task_then_task_finishes(server: ServerProcess, long_c
 
 @pytest.mark.slow
 def test_full_protection_through_the_client(server: ServerProcess, clip: Path, tmp_path: Path) -> None:
-    from client import MediaCleanerClient
+    from media_cleaner.client import MediaCleanerClient
 
     client = MediaCleanerClient(server.url)
     result = client.upload_video(str(clip), epsilon=0.12, audio_level="слабый")
@@ -216,3 +216,6 @@ def test_full_protection_through_the_client(server: ServerProcess, clip: Path, t
     path = client.download_result(result["task_id"], output_path=tmp_path)
     info = probe(path)
     assert info.video.width == 360 and info.has_audio
+    print(
+        f"full protection of {clip.name}: {report['timings']['total']:.1f} s engine time; notes {report.get('notes')}"
+    )
