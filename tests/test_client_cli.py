@@ -251,3 +251,15 @@ def test_ctrl_c_stops_quickly_and_keeps_state(server, state, tmp_path):
     assert "re-run" in err and "Traceback" not in err
     (entry,) = json.loads((out / STATE_FILE_NAME).read_text())["items"].values()
     assert entry["task_id"] in state.tasks and entry["status"] == "submitted"
+
+
+def test_results_in_the_input_folder_are_not_protected_again(server, state, tmp_path, capsys):
+    folder = make_folder(tmp_path / "videos", ["a.mp4"])
+    args = ("upload", str(folder), "--download", str(folder), "--poll-interval", "0.05")
+    assert run_cli(server, *args) == 0
+    assert (folder / "a_protected.mp4").is_file()
+    capsys.readouterr()
+    assert run_cli(server, *args) == 0
+    second = capsys.readouterr().out
+    assert "skipped" in second and "1 file(s): 1 ok" in second  # a_protected.mp4 is not a new input
+    assert len(state.uploads) == 1

@@ -118,6 +118,11 @@ class StateFile:
         with self._lock:
             return dict(self._data.get(key, {}))
 
+    def outputs(self) -> set[Path]:
+        """Every result file recorded, so a run whose output folder is also its input never re-protects them."""
+        with self._lock:
+            return {Path(e["output"]).resolve() for e in self._data.values() if e.get("output")}
+
     def update(self, key: str, **values: Any) -> None:
         with self._lock:
             entry = self._data.setdefault(key, {})
@@ -205,6 +210,9 @@ class BatchRunner:
 
     def run(self, paths: Iterable[str | os.PathLike[str]], recursive: bool = False) -> list[BatchItem]:
         inputs = collect_inputs(paths, recursive=recursive)
+        if self.state:
+            produced = self.state.outputs()
+            inputs = [(p, rel) for p, rel in inputs if p not in produced]
         items = [BatchItem(path=p, detail={"relative": rel}) for p, rel in inputs]
         if not items:
             return items
