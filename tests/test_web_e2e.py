@@ -468,26 +468,64 @@ RICH_REPORT = {
 }
 
 
+class InProcessServer:
+    """The real app (or an app mounting it) served by uvicorn in a thread of this process."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001
+        import threading
+
+        import uvicorn
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def test_page_works_under_a_proxy_sub_path(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    """Behind a reverse proxy at /media-cleaner/ (here: the real app mounted under that prefix) nothing breaks."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from media_cleaner.api import create_app
+    from media_cleaner.config import load_settings
+
+    app = create_app(load_settings(base_dir=tmp_path), configured_workers=0, maintenance=False)
+    srv = InProcessServer(Starlette(routes=[Mount("/media-cleaner", app=app)]))
+    try:
+        page = _page(browser)
+        page.goto(srv.url + "/media-cleaner/")
+        page.wait_for_function("/up to 2 GB/.test(document.getElementById('drop-hint').textContent)")  # web/config
+        bogus = tmp_path / "notes.mov"
+        bogus.write_text("not a video\n" * 100)
+        page.set_input_files("#file-input", str(bogus))
+        page.get_by_role("button", name="Protect video").click()  # XHR upload to the prefixed URL
+        page.locator("#banner").wait_for(state="visible")
+        assert "doesn't look like a video" in page.inner_text("#banner-text")
+        assert "No videos yet" in page.inner_text("#tasks-empty")  # the list loaded through the prefix too
+        assert page.errors == []
+    finally:
+        srv.stop()
+
+
 def test_report_view_reads_every_section(browser, tmp_path: Path) -> None:  # noqa: ANN001
-    """The real app in this process (uvicorn in a thread); a task completed through the real store and storage."""
-    import threading
-
-    import uvicorn
-
+    """The real app in this process; a task completed through the real store and storage."""
     from media_cleaner.api import create_app
     from media_cleaner.config import load_settings
 
     settings = load_settings(base_dir=tmp_path)
     app = create_app(settings, configured_workers=0, maintenance=False)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    srv = InProcessServer(app)
     try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
+        url = srv.url
         with CLIP.open("rb") as handle:
             task_id = httpx.post(f"{url}/upload", files={"file": (CLIP.name, handle)}).json()["task_id"]
         ctx = app.state.ctx
@@ -520,5 +558,4 @@ def test_report_view_reads_every_section(browser, tmp_path: Path) -> None:  # no
         page.wait_for_function("/at 2\\.40 s/.test(document.getElementById('compare-status').textContent)")
         assert page.errors == []
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        srv.stop()

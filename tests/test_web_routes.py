@@ -89,7 +89,7 @@ def test_page_and_assets_are_served_without_external_references(client: TestClie
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
     assets = re.findall(r'(?:src|href)="([^"]+)"', html)
-    assert "/static/app.js" in assets and "/static/style.css" in assets
+    assert "static/app.js" in assets and "static/style.css" in assets  # relative: works under a proxy sub-path
     for asset in ("/static/app.js", "/static/style.css"):
         response = client.get(asset)
         assert response.status_code == 200 and len(response.content) > 1000

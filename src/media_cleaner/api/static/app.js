@@ -1,4 +1,5 @@
-/* Media Cleaner web page. Vanilla JS, no build step, no external assets; talks to the HTTP API in docs (API.md). */
+/* Media Cleaner web page. Vanilla JS, no build step, no external assets; talks to the HTTP API in docs (API.md).
+   URLs are relative to the page, so the server also works behind a proxy under a sub-path. */
 'use strict';
 
 (() => {
@@ -363,7 +364,7 @@
     return new Promise((resolve, reject) => {
       const xhr = new XMLHttpRequest();
       state.xhr = xhr;
-      xhr.open('POST', '/upload');
+      xhr.open('POST', 'upload');
       for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
       xhr.upload.addEventListener('progress', (event) => {
         showUploadProgress(event.loaded, event.lengthComputable ? event.total : file.size);
@@ -478,7 +479,7 @@
     const taskId = state.current;
     if (!taskId) return;
     try {
-      const task = await apiJson(`/task/${encodeURIComponent(taskId)}`);
+      const task = await apiJson(`task/${encodeURIComponent(taskId)}`);
       if (state.current !== taskId) return;
       showCurrent(task);
       if (ACTIVE.has(task.status)) state.pollTimer = setTimeout(poll, POLL_MS);
@@ -543,7 +544,7 @@
 
   async function cancelTask(taskId) {
     try {
-      const task = await apiJson(`/cancel/${encodeURIComponent(taskId)}`, { method: 'POST' });
+      const task = await apiJson(`cancel/${encodeURIComponent(taskId)}`, { method: 'POST' });
       if (state.current === taskId) showCurrent(task);
     } catch (err) {
       showBanner(humanError(err));
@@ -562,7 +563,7 @@
 
   async function download(task) {
     hideBanner();
-    const url = task.download_url || `/download/${encodeURIComponent(task.task_id)}`;
+    const url = (task.download_url || `/download/${encodeURIComponent(task.task_id)}`).replace(/^\//, '');
     const link = document.createElement('a');
     link.download = downloadName(task);
     if (!state.key) {
@@ -594,7 +595,7 @@
 
   async function refreshTasks() {
     try {
-      const data = await apiJson('/tasks?limit=50');
+      const data = await apiJson('tasks?limit=50');
       renderTasks(data.tasks || []);
     } catch (err) {
       if (err.status === 401) return;
@@ -659,7 +660,7 @@
     hideBanner();
     let task;
     try {
-      task = await apiJson(`/task/${encodeURIComponent(taskId)}`);
+      task = await apiJson(`task/${encodeURIComponent(taskId)}`);
     } catch (err) {
       showBanner(humanError(err));
       return;
@@ -693,7 +694,7 @@
 
   async function fetchImage(kind, t, seq) {
     const task = state.resultTask;
-    const url = `/task/${encodeURIComponent(task.task_id)}/preview?kind=${kind}&t=${t.toFixed(2)}`;
+    const url = `task/${encodeURIComponent(task.task_id)}/preview?kind=${kind}&t=${t.toFixed(2)}`;
     const resp = await api(url);
     const blob = await resp.blob();
     if (seq !== state.previewSeq) return null;
@@ -1028,7 +1029,7 @@
 
   async function loadConfig() {
     try {
-      const resp = await fetch('/web/config', { cache: 'no-store' });
+      const resp = await fetch('web/config', { cache: 'no-store' });
       if (resp.ok) Object.assign(state.config, await resp.json());
     } catch { /* the defaults above are the spec's */ }
     $('drop-hint').textContent = `MP4, MOV, MKV, WebM, AVI or MPEG · up to ${formatLimit()}`;
