@@ -60,6 +60,12 @@ def test_upload_wait_download_then_rerun_skips(server, state, tmp_path, capsys):
     assert run_cli(server, "upload", str(clip), *fast, "--epsilon", "0.2") == 0
     assert run_cli(server, "upload", str(clip), *fast, "--force") == 0
     assert len(state.uploads) == uploads + 2 and len(state.tasks) == 3
+    # Digests are cached by size + mtime; an edited file is new work.
+    digests = json.loads((out / STATE_FILE_NAME).read_text())["digests"]
+    assert digests[str(clip.resolve())]["size"] == clip.stat().st_size
+    clip.write_bytes(clip.read_bytes() + b"edited")
+    assert run_cli(server, "upload", str(clip), *fast) == 0
+    assert len(state.uploads) == uploads + 3
 
 
 def test_batch_folder_concurrency_summary_and_failure_exit(server, state, tmp_path, capsys):

@@ -106,10 +106,12 @@ class StateFile:
         self.path = path
         self._lock = threading.Lock()
         self._data: dict[str, dict[str, Any]] = {}
+        self._digests: dict[str, dict[str, Any]] = {}  # path -> {size, mtime_ns, sha256}
         if path.exists():
             try:
                 raw = json.loads(path.read_text(encoding="utf-8"))
                 self._data = dict(raw.get("items", {}))
+                self._digests = dict(raw.get("digests", {}))
             except (ValueError, AttributeError):
                 # A hand-edited or foreign file: keep a copy and start over rather than crash every cron run.
                 path.replace(path.with_suffix(path.suffix + ".corrupt"))
@@ -123,15 +125,32 @@ class StateFile:
         with self._lock:
             return {Path(e["output"]).resolve() for e in self._data.values() if e.get("output")}
 
+    def digest(self, path: Path) -> str:
+        """SHA-256 of a file, cached by (size, mtime): a cron run over an unchanged folder reads no video twice."""
+        stat = path.stat()
+        stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        with self._lock:
+            cached = self._digests.get(str(path))
+        if cached and all(cached.get(k) == v for k, v in stamp.items()):
+            return str(cached["sha256"])
+        value = file_digest(path)
+        with self._lock:
+            self._digests[str(path)] = {**stamp, "sha256": value}
+        return value
+
     def update(self, key: str, **values: Any) -> None:
         with self._lock:
             entry = self._data.setdefault(key, {})
             entry.update({k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()})
             entry["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"version": STATE_VERSION, "items": self._data}, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+            self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        data = {"version": STATE_VERSION, "items": self._data, "digests": self._digests}
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
 
 
 class AlreadyRunning(ClientError):
@@ -259,7 +278,7 @@ class BatchRunner:
             self._emit("finish", item)
 
     def _process_inner(self, item: BatchItem) -> None:
-        item.key = task_key(file_digest(item.path), self.params)
+        item.key = task_key(self.state.digest(item.path) if self.state else file_digest(item.path), self.params)
         entry = self.state.get(item.key) if self.state else {}
         generation = int(entry.get("generation", 0))
         if not self.force and entry:
