@@ -203,3 +203,21 @@ def test_gunicorn_config_loads_with_known_settings(monkeypatch: pytest.MonkeyPat
     assert config.timeout >= 600, "multi-GiB uploads must not trip the worker timeout"
     module, _, factory = namespace["wsgi_app"].partition(":")
     assert factory.endswith("()"), "an app factory, called once per gunicorn worker"
+
+
+def test_gunicorn_app_factory_serves_health(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The factory the gunicorn config names builds an API-only app (schema upgraded first) that answers /health."""
+    import importlib
+
+    from fastapi.testclient import TestClient
+
+    from media_cleaner.jobs.migrate import current_revision, head_revision
+
+    monkeypatch.setenv("MEDIA_CLEANER_BASE_DIR", str(tmp_path))
+    namespace = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
+    module, _, factory = namespace["wsgi_app"].partition(":")
+    app = getattr(importlib.import_module(module), factory.removesuffix("()"))()
+    with TestClient(app) as client:
+        reply = client.get("/health")
+    assert reply.status_code == 200 and reply.json()["status"] == "ok"
+    assert current_revision(f"sqlite:///{tmp_path / 'queue_db' / 'tasks.db'}") == head_revision()
