@@ -279,6 +279,10 @@ def create_fake_app(state: FakeState) -> FastAPI:
             }
         )
 
+    @app.get("/old/health")
+    def moved() -> Response:
+        return Response(status_code=308, headers={"location": "https://elsewhere.example/health"})
+
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok", "version": "fixture"}

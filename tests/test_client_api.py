@@ -278,3 +278,12 @@ def test_queue_full_is_retried_after_the_servers_delay(server, state, video):
     with MediaCleanerClient(server.url, retries=0) as hasty, pytest.raises(ServerError) as exc:
         hasty.upload_video(video)
     assert exc.value.code == "queue_full" and exc.value.status_code == 503
+
+
+def test_redirects_are_reported_not_followed(server):
+    from media_cleaner.client import ApiError
+
+    # Following would send X-API-Key to another host; the client says where the server points instead.
+    with MediaCleanerClient(server.url + "/old", api_key="k") as c, pytest.raises(ApiError) as exc:
+        c.health()
+    assert exc.value.code == "redirect" and "https://elsewhere.example/health" in exc.value.message

@@ -70,7 +70,8 @@ class MediaCleanerClient:
             else (DEFAULT_TIMEOUT if timeout is None else timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
-            follow_redirects=True,
+            # Not followed: X-API-Key would travel to whatever host a redirect names. A redirect is reported instead.
+            follow_redirects=False,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -90,6 +91,15 @@ class MediaCleanerClient:
     def _raise_for(self, response: httpx.Response) -> None:
         if response.is_success:
             return
+        if response.is_redirect:
+            target = response.headers.get("location", "?")
+            raise ApiError(
+                f"the server answers with a redirect to {target}; use that address as the server URL",
+                status_code=response.status_code,
+                code="redirect",
+                method=response.request.method,
+                url=str(response.request.url),
+            )
         try:
             body: Any = response.json()
         except ValueError:
