@@ -7,8 +7,9 @@ Variants (same x264 settings: CRF, preset, yuv420p, +faststart, audio stream-cop
   passthrough       engine.protect with no protector: frames go decoder -> encoder (provably identity, no RGB)
   rgb_identity      media.transcode with an identity transform: full RGB round trip per frame, no metering
   engine_identity   engine.protect with an identity VideoProtector: RGB round trip + in-run PSNR/SSIM metering
-Runs are interleaved (one of each variant per round) so machine load drifts affect all alike. Medians are reported;
-the JSON goes to bench/results/transcode.json.
+Runs are interleaved (one of each variant per round) so machine load drifts affect all alike. Medians of wall time
+and of CPU time (user + system, all threads; ffmpeg's from its child rusage) are reported: on a shared, loaded
+machine CPU time is the steadier measure of the work done. The JSON goes to bench/results/transcode.json.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -83,6 +85,12 @@ def variants(source: Path, workdir: Path, crf: int, preset: str) -> dict[str, Ca
     return table
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process (all threads) and of finished children (the ffmpeg CLI)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def ffmpeg_version() -> str | None:
     if not shutil.which("ffmpeg"):
         return None
@@ -101,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     from media_cleaner.media import probe
 
     info = probe(args.input)
+    load = os.getloadavg()
     times: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp:
         table = variants(args.input, Path(tmp), args.crf, args.preset)
@@ -109,12 +119,16 @@ def main(argv: list[str] | None = None) -> int:
             print("ffmpeg CLI not found: install it (apt-get install ffmpeg) for the comparison", file=sys.stderr)
         for _ in range(args.runs):
             for name, fn in table.items():
+                c0 = cpu_seconds()
                 t0 = time.perf_counter()
                 out = fn()
                 times.setdefault(name, []).append(time.perf_counter() - t0)
+                cpu.setdefault(name, []).append(cpu_seconds() - c0)
                 sizes[name] = out.stat().st_size
     medians = {name: statistics.median(values) for name, values in times.items()}
+    cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
     base = medians.get("ffmpeg")
+    cpu_base = cpu_medians.get("ffmpeg")
     frames = info.video.frame_count or 0
     rows = []
     for name, median in medians.items():
@@ -126,15 +140,23 @@ def main(argv: list[str] | None = None) -> int:
                 "runs_s": [round(t, 3) for t in times[name]],
                 "fps": round(frames / median, 1) if median else None,
                 "ratio_vs_ffmpeg": round(ratio, 3) if ratio else None,
+                "cpu_median_s": round(cpu_medians[name], 3),
+                "cpu_runs_s": [round(t, 3) for t in cpu[name]],
+                "cpu_ratio_vs_ffmpeg": round(cpu_medians[name] / cpu_base, 3) if cpu_base else None,
                 "output_bytes": sizes[name],
             }
         )
     print(f"input: {args.input.name} ({info.video.width}x{info.video.height}, {frames} frames, {info.duration} s)")
     print(f"x264: crf {args.crf}, preset {args.preset}; {args.runs} runs each, medians; {os.cpu_count()} CPUs")
-    print(f"{'variant':16} {'median s':>9} {'fps':>7} {'x ffmpeg':>9} {'bytes':>10}")
+    print(f"load average at start: {load[0]:.2f}")
+    print(f"{'variant':16} {'wall s':>8} {'fps':>6} {'x ffmpeg':>9} {'cpu s':>8} {'x ffmpeg':>9} {'bytes':>10}")
     for row in rows:
         ratio = f"{row['ratio_vs_ffmpeg']:.2f}" if row["ratio_vs_ffmpeg"] else "-"
-        print(f"{row['variant']:16} {row['median_s']:9.2f} {row['fps']:7.1f} {ratio:>9} {row['output_bytes']:10d}")
+        cpu_ratio = f"{row['cpu_ratio_vs_ffmpeg']:.2f}" if row["cpu_ratio_vs_ffmpeg"] else "-"
+        print(
+            f"{row['variant']:16} {row['median_s']:8.2f} {row['fps']:6.1f} {ratio:>9}"
+            f" {row['cpu_median_s']:8.2f} {cpu_ratio:>9} {row['output_bytes']:10d}"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "input": str(args.input),
@@ -144,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
-        "load_average": os.getloadavg(),
+        "load_average_start": load,
+        "load_average_end": os.getloadavg(),
         "ffmpeg": ffmpeg_version(),
         "results": rows,
     }

@@ -160,3 +160,18 @@ def test_six_channel_audio_copied(shared_data: Path, tmp_path: Path) -> None:
     got = probe(out)
     assert got.audio[0].channels == 6 and got.audio[0].codec == "aac"
     assert got.video.frame_count == 132
+
+
+def test_observer_sees_originals_when_transform_works_in_place(tmp_path: Path) -> None:
+    source = make_clip(tmp_path / "in.mp4", frames=6, audio=())
+    seen: list[int] = []
+
+    def in_place(frames: np.ndarray) -> np.ndarray:
+        frames[:] = 0
+        return frames
+
+    def observe(original: np.ndarray, protected: np.ndarray) -> None:
+        seen.append(int(np.abs(original.astype(int) - protected).max()))
+
+    transcode(probe(source), tmp_path / "out.mp4", transform=in_place, observe=observe, encode=FAST)
+    assert seen and min(seen) > 100

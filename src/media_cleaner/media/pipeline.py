@@ -224,7 +224,9 @@ def _run(
             check()
         if result.rgb_path:
             originals = _to_rgb(pending, rotation, info.video.width, info.video.height)
-            frames = transform(originals) if transform is not None else originals
+            # The observer needs the untouched frames even if a transform writes into its input in place.
+            given = originals.copy() if observe is not None and transform is not None else originals
+            frames = transform(given) if transform is not None else originals
             if frames.shape != originals.shape or frames.dtype != np.uint8:
                 raise ValueError(f"video transform returned {frames.shape} {frames.dtype}, expected {originals.shape}")
             if observe is not None:
