@@ -106,6 +106,8 @@ class Cluster:
             "MEDIA_CLEANER_CANCEL_GRACE_SECONDS": "3",
             "MEDIA_CLEANER_TORCH_THREADS": "1",
             "MEDIA_CLEANER_ALLOW_MODEL_DOWNLOAD": "false",
+            # Halves the CPU of the long transcodes; at 720p a task still runs for seconds, time to interrupt it.
+            "MEDIA_CLEANER_VIDEO_PRESET": "veryfast",
         }
         self.root = root
         self.apis = [
@@ -256,6 +258,24 @@ def test_cancel_running_task_on_remote_worker(cluster: Cluster) -> None:
     assert row is not None and not (cluster.shared / "videos_output" / row.output_name).exists()
     # The worker is free again: the next task runs.
     cluster.wait_status(cluster.upload(cluster.apis[1]), "completed", 120)
+
+
+def test_worker_stopped_mid_task_hands_the_task_back(cluster: Cluster) -> None:
+    """SIGTERM (systemctl stop, docker stop): the job gets cancel_grace_seconds, then the task returns to the queue
+    without counting an attempt and the other worker runs it."""
+    task_id = cluster.upload(cluster.apis[0], LONG)
+    wait_for("processing", lambda: cluster.task(task_id)["progress"] > 1.0, 120)
+    stopping = next(w for w in cluster.workers if w.pid == cluster.worker_pid(task_id))
+    other = next(w for w in cluster.workers if w is not stopping)
+    assert stopping.proc is not None
+    stopping.proc.terminate()
+    assert stopping.proc.wait(timeout=60) == 0, stopping.log_tail()
+    task = cluster.wait_status(task_id, "completed", 300)
+    assert task["attempts"] == 1, "a hand-back is not a failed attempt"
+    assert cluster.worker_pid(task_id) == other.pid
+    assert current_job_states(cluster.store, task_id) == ["succeeded", "succeeded"]
+    stopping.start()
+    cluster.wait_workers(2)
 
 
 def test_kill_worker_mid_task_other_worker_finishes(cluster: Cluster) -> None:
