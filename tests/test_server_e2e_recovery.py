@@ -238,3 +238,22 @@ def test_sigint_stops_run_server_cleanly(tmp_path: Path) -> None:
     while server.children() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert server.children() == []
+
+
+def test_client_disconnect_mid_upload_leaves_nothing(api_only: ServerProcess) -> None:
+    boundary = "b0undary"
+    preamble = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="cut.mp4"\r\n\r\n'.encode()
+    head = (
+        f"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {10 * 1024**2}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", api_only.port), timeout=30) as sock:
+        sock.sendall(head + preamble + os.urandom(2 * 1024**2))  # 2 of the 10 MiB announced, then hang up
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        leftovers = [p for area in ("videos_input", "videos_temp") for p in (api_only.base_dir / area).iterdir()]
+        if not leftovers:
+            break
+        time.sleep(0.2)
+    assert leftovers == []
+    assert api_only.http.get("/health").status_code == 200

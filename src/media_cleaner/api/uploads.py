@@ -6,6 +6,7 @@ Starlette's `UploadFile` would spool the whole body to a temp file before the ro
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -137,6 +138,11 @@ async def receive_upload(
     except ApiError:
         result.discard()
         raise
+    except OSError as exc:
+        result.discard()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ApiError(507, "insufficient_storage", "The server has no space left for this upload") from None
+        raise ApiError(500, "storage_error", f"Could not store the upload: {exc.strerror or exc}") from None
     except Exception as exc:  # malformed multipart, client disconnect
         result.discard()
         raise ApiError(400, "bad_request", f"Could not read the upload: {type(exc).__name__}: {exc}") from None
