@@ -320,3 +320,13 @@ def test_periodic_cleanup_runs_by_itself(settings: Settings, clip: Path) -> None
             time.sleep(0.5)
         assert c.get(f"/task/{old}").status_code == 404  # deleted by the background cleanup, no request needed
         assert list(settings.path("input").iterdir()) == []
+
+
+def test_json_logs_carry_the_task_id(settings: Settings, clip: Path) -> None:
+    import json
+
+    with make_client(settings, log_json=True) as c:
+        task_id = upload(c, clip).json()["task_id"]
+    lines = [json.loads(line) for line in (settings.path("log") / "server.log").read_text().splitlines()]
+    queued = [entry for entry in lines if entry["task_id"] == task_id]
+    assert queued and queued[0]["message"].startswith("queued grid_bbaf2n.mpg") and queued[0]["level"] == "INFO"

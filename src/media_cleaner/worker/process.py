@@ -45,7 +45,13 @@ def worker_main(settings_data: dict[str, Any], worker_id: str, log_queue: Any) -
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        protectors = engine.load_protectors(settings)
+        try:
+            protectors = engine.load_protectors(settings)
+        except Exception:
+            log.exception(
+                "worker %s could not load its models; exiting (the supervisor retries with backoff)", worker_id
+            )
+            raise
         for note in protectors.notes:
             log.warning("worker %s: %s", worker_id, note)
         store.worker_heartbeat(worker_id, models_loaded=True)
