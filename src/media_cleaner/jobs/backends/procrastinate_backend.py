@@ -231,6 +231,7 @@ class Upkeep:
     def __init__(self, rt: WorkerRuntime, worker_app: procrastinate.App, interval_s: float = 2.0) -> None:
         """`worker_app` is the async-opened app of the worker loop (its pool lives on that event loop)."""
         self.rt, self.worker_app, self.interval_s = rt, worker_app, interval_s
+        self._next_prune = time.monotonic() + 60.0
 
     async def retry_stalled(self) -> list[int]:
         """Jobs whose worker stopped sending heartbeats (kill -9, lost node) go back to `todo`."""
@@ -248,6 +249,20 @@ class Upkeep:
         if retried:
             log.warning("retried jobs of stalled workers: %s", retried)
         return retried
+
+    async def prune_jobs(self) -> None:
+        """Finished job rows older than the task retention go, like the tasks they ran (at most once an interval)."""
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + self.rt.settings.cleanup_interval_minutes * 60
+        await self.worker_app.job_manager.delete_old_jobs(
+            nb_hours=max(1, int(self.rt.settings.retention_hours)),
+            queue=QUEUE,
+            include_failed=True,
+            include_cancelled=True,
+            include_aborted=True,
+        )
 
     def redefer_orphans(self, min_age_s: float = 5.0) -> list[str]:
         """Pending tasks without a waiting or running job (an API node died between insert and defer)."""
@@ -281,7 +296,7 @@ class Upkeep:
         import asyncio
 
         while not self.rt.stop.is_set():
-            for chore in (self.retry_stalled, lambda: asyncio.to_thread(self.sync_chores)):
+            for chore in (self.retry_stalled, lambda: asyncio.to_thread(self.sync_chores), self.prune_jobs):
                 try:
                     await chore()
                 except Exception:  # one failing chore must not starve the others
