@@ -330,3 +330,15 @@ def test_json_logs_carry_the_task_id(settings: Settings, clip: Path) -> None:
     lines = [json.loads(line) for line in (settings.path("log") / "server.log").read_text().splitlines()]
     queued = [entry for entry in lines if entry["task_id"] == task_id]
     assert queued and queued[0]["message"].startswith("queued grid_bbaf2n.mpg") and queued[0]["level"] == "INFO"
+
+
+def test_queue_position_and_pending_eta(client: TestClient, settings: Settings, clip: Path) -> None:
+    ids = [upload(client, clip).json()["task_id"] for _ in range(3)]
+    assert [client.get(f"/task/{t}").json()["queue_position"] for t in ids] == [1, 2, 3]
+    assert client.get(f"/task/{ids[2]}").json()["eta_seconds"] is None  # no finished task yet: no estimate
+    _complete_by_hand(settings, ids[0], b"out")
+    first = client.get(f"/task/{ids[0]}").json()
+    assert first["queue_position"] is None
+    second, third = (client.get(f"/task/{t}").json() for t in ids[1:])
+    assert second["queue_position"] == 1 and third["queue_position"] == 2
+    assert third["eta_seconds"] >= second["eta_seconds"] >= 0  # claimed-and-completed at once: mean ~0 s

@@ -35,6 +35,7 @@ Who = Annotated[Principal, Depends(principal)]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 410, 413, 415, 422, 503)
 }
+FREE_SPACE_MARGIN = 256 * 1024**2
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -158,6 +159,10 @@ async def upload(request: Request, who: Who) -> JSONResponse:
     counts = await run_in_threadpool(ctx.store.counts)
     if counts["pending"] >= settings.max_pending_tasks:
         raise ApiError(503, "queue_full", "The queue is full; retry later", headers={"Retry-After": "30"})
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and ctx.storage.usage_free() < 2 * int(declared) + FREE_SPACE_MARGIN:
+        # The upload and its protected output must both fit; refuse before reading rather than fail half-way.
+        raise ApiError(507, "insufficient_storage", "The server has no space left for this upload")
 
     task_id = secrets.token_hex(6)
     async with ctx.upload_slots:
@@ -249,7 +254,16 @@ def _probe(path: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- reads
 @router.get("/task/{task_id}", response_model=TaskOut, responses=_ERRORS, summary="Status of one task")
 def get_task(task_id: str, request: Request, who: Who) -> dict[str, Any]:
-    return task_out(authorised_task(request, task_id, who))
+    ctx = ctx_of(request)
+    task = authorised_task(request, task_id, who)
+    body = task_out(task)
+    body["queue_position"] = position = ctx.store.queue_position(task)
+    if position is not None:
+        # Pending: wait for the tasks ahead to go through the workers, then run, at the recent mean duration.
+        mean = ctx.store.throughput()["mean_processing_seconds"]
+        if mean:
+            body["eta_seconds"] = round(mean * (1 + (position - 1) / max(ctx.configured_workers, 1)), 1)
+    return body
 
 
 @router.get("/tasks", response_model=TaskList, responses=_ERRORS, summary="List tasks (filters + pagination)")

@@ -47,6 +47,7 @@ class TaskOut(BaseModel):
     status_url: str
     webhook_url: str | None = None
     media: dict[str, Any] | None = Field(None, description="what probing the upload found")
+    queue_position: int | None = Field(None, description="1-based place in the queue while pending (GET /task only)")
 
 
 class UploadAccepted(BaseModel):

@@ -108,6 +108,21 @@ class TaskStore:
             ).all()
         return list(rows), total
 
+    def queue_position(self, task: Task) -> int | None:
+        """1-based place among pending tasks (oldest first); None unless pending."""
+        if task.status != TaskStatus.PENDING:
+            return None
+        with self._read() as session:
+            ahead = session.scalar(
+                select(func.count())
+                .select_from(Task)
+                .where(
+                    Task.status == TaskStatus.PENDING,
+                    or_(Task.created_at < task.created_at, and_(Task.created_at == task.created_at, Task.id < task.id)),
+                )
+            )
+        return int(ahead or 0) + 1
+
     def counts(self) -> dict[str, int]:
         with self._read() as session:
             rows = session.execute(select(Task.status, func.count()).group_by(Task.status)).all()
@@ -143,6 +158,10 @@ class TaskStore:
     # -- worker side ------------------------------------------------------------------------------------------
     def claim(self, worker_id: str) -> Task | None:
         """Atomically move the oldest pending task to processing for `worker_id`."""
+        # Idle workers poll often: look first in a lock-free read, take the write lock only when there is work.
+        with self._read() as session:
+            if session.scalar(select(Task.id).where(Task.status == TaskStatus.PENDING).limit(1)) is None:
+                return None
         now = utcnow()
         oldest = select(Task.id).where(Task.status == TaskStatus.PENDING).order_by(Task.created_at, Task.id).limit(1)
         if self.engine.dialect.name == "postgresql":
@@ -306,10 +325,14 @@ class TaskStore:
         if not owner:
             return Recovery([], [])
         result = Recovery([], [])
+        candidates = select(Task.id, Task.attempts, Task.worker_id).where(
+            Task.status == TaskStatus.PROCESSING, or_(*owner)
+        )
+        with self._read() as session:  # the common case, nothing lost, needs no write lock
+            if not session.execute(candidates.limit(1)).first():
+                return result
         with self._write() as session:
-            lost = session.execute(
-                select(Task.id, Task.attempts, Task.worker_id).where(Task.status == TaskStatus.PROCESSING, or_(*owner))
-            ).all()
+            lost = session.execute(candidates).all()
             for task_id, attempts, worker_id in lost:
                 if attempts < self.max_attempts:
                     values: dict[str, Any] = dict(
@@ -341,11 +364,13 @@ class TaskStore:
         """Fail tasks processing for longer than `task_timeout_hours`; their worker notices through its probe."""
         cutoff = utcnow() - timeout
         hours = timeout.total_seconds() / 3600
-        expired = []
+        expired: list[str] = []
+        overdue = select(Task.id).where(Task.status == TaskStatus.PROCESSING, Task.started_at < cutoff)
+        with self._read() as session:
+            if session.scalar(overdue.limit(1)) is None:
+                return expired
         with self._write() as session:
-            ids = session.scalars(
-                select(Task.id).where(Task.status == TaskStatus.PROCESSING, Task.started_at < cutoff)
-            ).all()
+            ids = session.scalars(overdue).all()
             for task_id in ids:
                 done = session.execute(
                     update(Task)

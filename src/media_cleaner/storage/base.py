@@ -64,6 +64,10 @@ class Storage(ABC):
     def usage(self) -> dict[str, int]:
         """`input_bytes`, `output_bytes`, `temp_bytes`, `free_bytes`."""
 
+    def usage_free(self) -> int:
+        """Free bytes where uploads and outputs go (cheap: no directory walk)."""
+        return self.usage()["free_bytes"]
+
     @abstractmethod
     def check_writable(self) -> dict[str, bool]:
         """Per-area writability, for readiness checks."""

@@ -107,6 +107,9 @@ class LocalStorage(Storage):
         free = shutil.disk_usage(self.dirs["output"]).free
         return {f"{area}_bytes": _tree_bytes(path) for area, path in self.dirs.items()} | {"free_bytes": free}
 
+    def usage_free(self) -> int:
+        return min(shutil.disk_usage(self.dirs[area]).free for area in ("input", "output"))
+
     def check_writable(self) -> dict[str, bool]:
         result = {}
         for area, directory in self.dirs.items():
