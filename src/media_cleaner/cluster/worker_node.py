@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import threading
 import time
+from typing import Any
 
 from media_cleaner.config import Settings
 from media_cleaner.jobs.backend import open_store
@@ -27,8 +30,42 @@ def run_worker_node(settings: Settings, *, concurrency: int = 1, device: str | N
     from media_cleaner.jobs.backends.procrastinate_backend import is_postgres
 
     if is_postgres(settings.effective_database_url):
-        return _run_procrastinate(settings, concurrency)
+        if concurrency > 1:
+            return _run_many(settings, concurrency)
+        return _run_procrastinate(settings, 1)
     return _run_local(settings, concurrency)
+
+
+def _child_main(settings_data: dict[str, Any]) -> None:
+    sys.exit(_run_procrastinate(Settings(**settings_data), 1))
+
+
+def _run_many(settings: Settings, count: int) -> int:
+    """`--concurrency N` on PostgreSQL: N worker processes (spawned, like the local pool), each with its own models
+    and one job at a time; respawned if one dies; SIGTERM/SIGINT stops them all gracefully."""
+    ctx = mp.get_context("spawn")
+    data = settings.model_dump(mode="json")
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    procs: list[Any] = [None] * count
+    while not stopping.is_set():
+        for i, proc in enumerate(procs):
+            if proc is None or not proc.is_alive():
+                if proc is not None:
+                    log.warning("worker process %d exited (%s); restarting", proc.pid, proc.exitcode)
+                procs[i] = ctx.Process(target=_child_main, args=(data,), name=f"media-cleaner-worker-{i}")
+                procs[i].start()
+        stopping.wait(2.0)
+    for proc in procs:
+        if proc is not None and proc.is_alive():
+            os.kill(proc.pid, signal.SIGTERM)  # each finishes or hands back its job (cancel_grace_seconds)
+    for proc in procs:
+        if proc is not None:
+            proc.join(timeout=settings.cancel_grace_seconds + 30)
+            if proc.is_alive():
+                proc.kill()
+    return 0
 
 
 def _wait_for_signal() -> None:
