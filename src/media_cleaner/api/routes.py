@@ -160,7 +160,11 @@ async def upload(request: Request, who: Who) -> JSONResponse:
     if counts["pending"] >= settings.max_pending_tasks:
         raise ApiError(503, "queue_full", "The queue is full; retry later", headers={"Retry-After": "30"})
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and ctx.storage.usage_free() < 2 * int(declared) + FREE_SPACE_MARGIN:
+    if (
+        declared.isdigit()
+        and int(declared) <= settings.max_upload_bytes  # larger: receive_upload answers 413 first
+        and ctx.storage.usage_free() < 2 * int(declared) + FREE_SPACE_MARGIN
+    ):
         # The upload and its protected output must both fit; refuse before reading rather than fail half-way.
         raise ApiError(507, "insufficient_storage", "The server has no space left for this upload")
 
