@@ -155,7 +155,15 @@ def serve(settings: Settings, workers: int) -> int:
     from media_cleaner.worker import WorkerPool
 
     configure_logging(settings, server=True, queue=True, console=True)
-    pool = WorkerPool(settings, workers).start() if workers > 0 else None
+    from media_cleaner.jobs.backend import backend_name
+
+    pool: Any = None
+    if workers > 0 and backend_name(settings) == "procrastinate":  # PostgreSQL: Procrastinate worker processes
+        from media_cleaner.cluster.worker_node import WorkerProcesses
+
+        pool = WorkerProcesses(settings, workers).start()
+    elif workers > 0:
+        pool = WorkerPool(settings, workers).start()
     app = create_app(settings, pool=pool, configured_workers=workers)
     config = uvicorn.Config(
         app,

@@ -40,31 +40,65 @@ def _child_main(settings_data: dict[str, Any]) -> None:
     sys.exit(_run_procrastinate(Settings(**settings_data), 1))
 
 
-def _run_many(settings: Settings, count: int) -> int:
-    """`--concurrency N` on PostgreSQL: N worker processes (spawned, like the local pool), each with its own models
-    and one job at a time; respawned if one dies; SIGTERM/SIGINT stops them all gracefully."""
-    ctx = mp.get_context("spawn")
-    data = settings.model_dump(mode="json")
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
-    procs: list[Any] = [None] * count
-    while not stopping.is_set():
-        for i, proc in enumerate(procs):
+class WorkerProcesses:
+    """N Procrastinate worker processes (spawned, like the local pool), each with its own models and one job at a
+    time, respawned if one dies. Same `start()` / `stop()` / `size` as `worker.WorkerPool`, so `run_server.py
+    --workers N` and `media-cleaner api --workers N` use it when the database is PostgreSQL."""
+
+    def __init__(self, settings: Settings, size: int) -> None:
+        self.settings, self.size = settings, size
+        self._ctx = mp.get_context("spawn")
+        self._data = settings.model_dump(mode="json")
+        self._procs: list[Any] = [None] * size
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> WorkerProcesses:
+        self._supervise_once()
+        self._thread = threading.Thread(target=self._supervise, name="worker-processes", daemon=True)
+        self._thread.start()
+        return self
+
+    def _supervise_once(self) -> None:
+        for i, proc in enumerate(self._procs):
             if proc is None or not proc.is_alive():
                 if proc is not None:
                     log.warning("worker process %d exited (%s); restarting", proc.pid, proc.exitcode)
-                procs[i] = ctx.Process(target=_child_main, args=(data,), name=f"media-cleaner-worker-{i}")
-                procs[i].start()
-        stopping.wait(2.0)
-    for proc in procs:
-        if proc is not None and proc.is_alive():
-            os.kill(proc.pid, signal.SIGTERM)  # each finishes or hands back its job (cancel_grace_seconds)
-    for proc in procs:
-        if proc is not None:
-            proc.join(timeout=settings.cancel_grace_seconds + 30)
-            if proc.is_alive():
-                proc.kill()
+                self._procs[i] = self._ctx.Process(target=_child_main, args=(self._data,), name=f"worker-{i}")
+                self._procs[i].start()
+
+    def _supervise(self) -> None:
+        while not self._halt.wait(2.0):
+            self._supervise_once()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p is not None and p.is_alive()]
+
+    def stop(self) -> None:
+        if self._halt.is_set():
+            return
+        self._halt.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        for proc in self._procs:
+            if proc is not None and proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)  # each finishes or hands back its job (cancel_grace_seconds)
+        for proc in self._procs:
+            if proc is not None:
+                proc.join(timeout=self.settings.cancel_grace_seconds + 30)
+                if proc.is_alive():
+                    proc.kill()
+
+
+def _run_many(settings: Settings, count: int) -> int:
+    """`media-cleaner worker --concurrency N` on PostgreSQL: N processes until SIGTERM/SIGINT."""
+    configure_logging(settings, server=False, queue=True, console=True)
+    group = WorkerProcesses(settings, count).start()
+    try:
+        _wait_for_signal()
+    finally:
+        group.stop()
     return 0
 
 
