@@ -237,7 +237,7 @@ def test_pending_task_without_a_job_is_requeued(cluster: Cluster) -> None:
 
 def test_cancel_running_task_on_remote_worker(cluster: Cluster) -> None:
     task_id = cluster.upload(cluster.apis[0], LONG)
-    wait_for("processing", lambda: cluster.task(task_id)["progress"] > 1.0, 120)
+    wait_for("processing", lambda: cluster.task(task_id)["progress"] > 1.0, 120, every=0.1)
     pid = cluster.worker_pid(task_id)
     assert pid in {w.pid for w in cluster.workers}
     t0 = time.monotonic()
@@ -264,7 +264,7 @@ def test_worker_stopped_mid_task_hands_the_task_back(cluster: Cluster) -> None:
     """SIGTERM (systemctl stop, docker stop): the job gets cancel_grace_seconds, then the task returns to the queue
     without counting an attempt and the other worker runs it."""
     task_id = cluster.upload(cluster.apis[0], LONG)
-    wait_for("processing", lambda: cluster.task(task_id)["progress"] > 1.0, 120)
+    wait_for("processing", lambda: cluster.task(task_id)["progress"] > 1.0, 120, every=0.1)
     stopping = next(w for w in cluster.workers if w.pid == cluster.worker_pid(task_id))
     other = next(w for w in cluster.workers if w is not stopping)
     assert stopping.proc is not None
@@ -280,7 +280,7 @@ def test_worker_stopped_mid_task_hands_the_task_back(cluster: Cluster) -> None:
 
 def test_kill_worker_mid_task_other_worker_finishes(cluster: Cluster) -> None:
     task_id = cluster.upload(cluster.apis[1], LONG)
-    wait_for("processing", lambda: cluster.task(task_id)["progress"] > 1.0, 120)
+    wait_for("processing", lambda: cluster.task(task_id)["progress"] > 1.0, 120, every=0.1)
     victim_pid = cluster.worker_pid(task_id)
     victim = next(w for w in cluster.workers if w.pid == victim_pid)
     survivor = next(w for w in cluster.workers if w.pid != victim_pid)
