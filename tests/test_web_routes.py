@@ -159,7 +159,13 @@ def test_previews_of_a_completed_task(client: TestClient, clip: Path, tmp_path: 
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
     assert client.get("/task/000000000000/preview").json()["error"]["code"] == "not_found"
 
+    # Decoded frames are cached between the three requests, but a replaced file is read afresh.
     ctx = client.app.state.ctx
+    output = ctx.storage.local_path("output", ctx.store.get(task_id).output_name)
+    _perturbed_copy(clip, output, amplitude=12)
+    again = client.get(f"/task/{task_id}/preview", params={"kind": "diff", "t": 1.0})
+    assert float(again.headers["x-diff-mean"]) > 2 * mean
+
     ctx.storage.delete("output", ctx.store.get(task_id).output_name)
     gone = client.get(f"/task/{task_id}/preview", params={"kind": "diff"})
     assert gone.status_code == 410 and gone.json()["error"]["code"] == "gone"

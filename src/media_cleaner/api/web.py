@@ -6,6 +6,7 @@ Included by the app factory when present. Torch-free: previews decode with PyAV 
 from __future__ import annotations
 
 import mimetypes
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -13,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from media_cleaner.api import web_access
-from media_cleaner.api.web_preview import amplified_difference, downscale, encode_png, read_frame
+from media_cleaner.api.web_preview import Frame, amplified_difference, downscale, encode_png, read_frame
 from media_cleaner.config import Settings
 from media_cleaner.errors import MediaCleanerError
 
@@ -83,13 +84,25 @@ def preview(
     return Response(png, media_type="image/png", headers={**headers, "Cache-Control": "private, max-age=3600"})
 
 
+@lru_cache(maxsize=6)
+def _cached_frame(path: str, mtime_ns: int, size: int, t: float) -> Frame:
+    """The page asks for the original, the protected and their difference at one time: decode each file once.
+    Keyed by modification time and size so a replaced file is decoded again."""
+    return read_frame(path, t)
+
+
+def _frame(path: Path, t: float) -> Frame:
+    stat = path.stat()
+    return _cached_frame(str(path), stat.st_mtime_ns, stat.st_size, round(t, 3))
+
+
 def _render(
     kind: str, original: Path | None, protected: Path | None, t: float, max_width: int | None
 ) -> tuple[bytes, dict[str, str]]:
     if kind == "diff":
-        before, after = read_frame(original, t), read_frame(protected, t)
+        before, after = _frame(original, t), _frame(protected, t)
         image, gain, mean_abs = amplified_difference(before.rgb, after.rgb)
         headers = {"X-Diff-Gain": str(gain), "X-Diff-Mean": f"{mean_abs:.4f}", "X-Frame-Time": f"{after.time:.4f}"}
         return encode_png(downscale(image, max_width)), headers
-    frame = read_frame(original if kind == "original" else protected, t)
+    frame = _frame(original if kind == "original" else protected, t)
     return encode_png(downscale(frame.rgb, max_width)), {"X-Frame-Time": f"{frame.time:.4f}"}

@@ -108,8 +108,9 @@ def downscale(rgb: np.ndarray, max_width: int | None) -> np.ndarray:
     return np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
 
 
-def encode_png(rgb: np.ndarray, level: int = 6) -> bytes:
-    """A truecolour PNG with the Up filter on every row (cheap, and compresses video frames well)."""
+def encode_png(rgb: np.ndarray, level: int = 3) -> bytes:
+    """A truecolour PNG with the Up filter on every row (cheap, and compresses video frames well). zlib level 3:
+    at 1080p 2.5x faster than level 6 for 8% more bytes."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError("expected an (H, W, 3) uint8 array")
     h, w, _ = rgb.shape

@@ -710,7 +710,9 @@
     $('frame-time-out').textContent = `${t.toFixed(1)} s`;
     $('compare-status').textContent = 'Loading the frames…';
     try {
-      const [orig, prot, diff] = await Promise.all(['original', 'protected', 'diff'].map((k) => fetchImage(k, t, seq)));
+      // The pair first; the difference after, when the server has both frames decoded already.
+      const [orig, prot] = await Promise.all(['original', 'protected'].map((k) => fetchImage(k, t, seq)));
+      const diff = orig && prot ? await fetchImage('diff', t, seq) : null;
       if (seq !== state.previewSeq || !orig || !prot || !diff) return;
       for (const id of ['img-original', 'img-original-2']) $(id).src = state.imageUrls.original;
       for (const id of ['img-protected', 'img-protected-2']) $(id).src = state.imageUrls.protected;
