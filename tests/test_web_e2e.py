@@ -356,6 +356,13 @@ def test_not_a_video_shows_a_human_error(server: Server, browser, tmp_path: Path
     assert "doesn't look like a video" in text
     assert "Traceback" not in text and "{" not in text
     _shot(page, "08_error_not_a_video", full_page=False)
+    # A real sound file: the reason comes in plain words too.
+    page.get_by_role("button", name="Dismiss message").click()
+    page.set_input_files("#file-input", str(SHARED_DATA / "audio" / "jfk.flac"))
+    page.get_by_role("button", name="Protect video").click()
+    banner.wait_for(state="visible")
+    assert page.inner_text("#banner-text").startswith("This file has no picture in it")
+    assert "jfk.flac" not in page.inner_text("#banner-text")  # no internal file names
     assert page.errors == []
 
 

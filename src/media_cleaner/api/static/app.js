@@ -162,7 +162,7 @@
       case 'not_a_video':
       case 'invalid_media':
       case 'unsupported_media':
-        return `This file doesn't look like a video the server can read.${reason ? ` (${reason})` : ''} Try an MP4, MOV, MKV, WebM or AVI file.`;
+        return notAVideo(reason);
       case 'empty_file':
         return 'This file is empty. Please choose another one.';
       case 'validation_error':
@@ -199,6 +199,16 @@
     }
     if (status >= 500) return 'Something went wrong on the server. Please try again; if it keeps happening, tell the administrator.';
     return reason || 'Something went wrong. Please try again.';
+  }
+
+  /** The prober's reasons name internal files and codecs; people get the gist in their own terms. */
+  function notAVideo(reason) {
+    const tail = ' Try an MP4, MOV, MKV, WebM or AVI file.';
+    if (/no video stream/i.test(reason)) return `This file has no picture in it (sound or images only).${tail}`;
+    if (/truncated|corrupt|stops before/i.test(reason)) return `This video seems cut short or damaged, so it cannot be read to the end.${tail}`;
+    if (/no decoder for video codec/i.test(reason)) return `This video uses a format the server cannot decode.${tail}`;
+    if (/empty/i.test(reason)) return 'This file is empty. Please choose another one.';
+    return `This file doesn't look like a video the server can read.${tail}`;
   }
 
   async function errorFromResponse(resp) {
