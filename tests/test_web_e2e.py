@@ -566,3 +566,44 @@ def test_report_view_reads_every_section(browser, tmp_path: Path) -> None:  # no
         assert page.errors == []
     finally:
         srv.stop()
+
+
+def test_download_and_previews_with_an_api_key(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    """Links cannot carry X-API-Key: with keys on, the page fetches the file itself and hands it over."""
+    from media_cleaner.api import create_app
+    from media_cleaner.config import load_settings
+
+    app = create_app(
+        load_settings(base_dir=tmp_path, api_keys={API_KEY: "alice"}), configured_workers=0, maintenance=False
+    )
+    srv = InProcessServer(app)
+    try:
+        with CLIP.open("rb") as handle:
+            response = httpx.post(
+                f"{srv.url}/upload", files={"file": (CLIP.name, handle)}, headers={"X-API-Key": API_KEY}
+            )
+        task_id = response.json()["task_id"]
+        ctx = app.state.ctx
+        claimed = ctx.store.claim("browser-test")
+        output = ctx.storage.local_path("output", claimed.output_name)
+        shutil.copyfile(CLIP, output)
+        ctx.store.complete(task_id, "browser-test", output_size=output.stat().st_size, report=RICH_REPORT)
+
+        page = _page(browser)
+        page.goto(srv.url + "/")
+        page.get_by_role("textbox", name="API key").fill(API_KEY)
+        page.get_by_role("button", name="Use this key").click()
+        row = page.locator(f'#tasks-body tr[data-task-id="{task_id}"]')
+        with page.expect_download() as info:
+            row.get_by_role("button", name="Download protected grid_bbaf2n.mpg").click()
+        saved = tmp_path / "downloaded.bin"
+        info.value.save_as(saved)
+        assert info.value.suggested_filename == ctx.store.get(task_id).download_name  # from Content-Disposition
+        assert saved.read_bytes() == output.read_bytes()
+        row.get_by_role("button", name="See what changed in grid_bbaf2n.mpg").click()
+        page.wait_for_function(
+            "['img-original', 'img-protected', 'img-diff'].every(id => document.getElementById(id).naturalWidth > 0)"
+        )
+        assert page.errors == []
+    finally:
+        srv.stop()

@@ -575,7 +575,7 @@
     hideBanner();
     const url = (task.download_url || `/download/${encodeURIComponent(task.task_id)}`).replace(/^\//, '');
     const link = document.createElement('a');
-    link.download = downloadName(task);
+    link.download = ''; // the server's Content-Disposition names the file
     if (!state.key) {
       // Without a key the browser streams the file to disk itself (no size limit in page memory).
       link.href = state.userId ? `${url}?user_id=${encodeURIComponent(state.userId)}` : url;
@@ -589,7 +589,7 @@
       const resp = await api(url);
       const disposition = resp.headers.get('Content-Disposition') || '';
       const match = /filename="?([^";]+)"?/.exec(disposition);
-      if (match) link.download = match[1];
+      link.download = match ? match[1] : downloadName(task); // a blob has no name of its own
       const blob = await resp.blob();
       link.href = URL.createObjectURL(blob);
       document.body.append(link);
