@@ -1,6 +1,6 @@
 """The web page end to end: headless Debian Chromium (Playwright) against a real `run_server.py` on 127.0.0.1.
 
-Each main state is saved under docs/screenshots/ (the README shows them). Needs /usr/bin/chromium (`.ci/run`
+Each main state is photographed; with UPDATE_SCREENSHOTS=1 into docs/screenshots/ (the README shows them). Needs /usr/bin/chromium (`.ci/run`
 installs it); skipped with a reason where it is missing.
 """
 
@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,13 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
+# Taken on every run (and size-checked); written over the committed docs images only when asked, so a plain test
+# run leaves the working tree clean: UPDATE_SCREENSHOTS=1 pytest tests/test_web_e2e.py
+SCREENSHOTS = (
+    REPO_ROOT / "docs" / "screenshots"
+    if os.environ.get("UPDATE_SCREENSHOTS")
+    else Path(tempfile.gettempdir()) / "media_cleaner_web_screenshots"
+)
 CLIP = SHARED_DATA / "video" / "grid_bbaf2n.mpg"
 # Full protection of a 3 s clip on 2 shared CPU cores, plus worker start-up (model loading): bounded but generous.
 PROCESSING_TIMEOUT_S = 900
