@@ -99,8 +99,34 @@ def rotate_with_ffmpeg(source: Path, target: Path, degrees: int) -> Path | None:
     """
     if shutil.which("ffmpeg") is None:
         return None
-    new = ["ffmpeg", "-v", "error", "-y", "-display_rotation", str(-degrees), "-i", str(source), "-c", "copy"]
-    old = ["ffmpeg", "-v", "error", "-y", "-i", str(source), "-c", "copy", "-metadata:s:v:0", f"rotate={degrees}"]
+    new = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-y",
+        "-display_rotation",
+        str(-degrees),
+        "-i",
+        str(source),
+        "-map",
+        "0",
+        "-c",
+        "copy",
+    ]
+    old = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-y",
+        "-i",
+        str(source),
+        "-map",
+        "0",
+        "-c",
+        "copy",
+        "-metadata:s:v:0",
+        f"rotate={degrees}",
+    ]
     if subprocess.run([*new, str(target)], capture_output=True).returncode != 0:
         subprocess.run([*old, str(target)], check=True, capture_output=True)
     return target

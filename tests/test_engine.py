@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from clips import make_clip
+from clips import make_clip, rotate_with_ffmpeg
 from media_cleaner.config import Settings
 from media_cleaner.engine import ProtectionOptions, Protectors, load_protectors, protect
 from media_cleaner.errors import Cancelled, InvalidMediaError, UnsupportedMediaError
@@ -209,3 +210,29 @@ def test_crowd_1080p_metering(shared_data: Path, tmp_path: Path, settings: Setti
     q = report.quality["video"]
     assert q["frames"] == 105 and q["ssim_frames"] == 5 and q["linf_max"] == 1  # SSIM: 1 frame per second
     assert report.pipeline["width"] == 1920 and report.timings["video_quality"] < report.timings["total"]
+
+
+class RecordingVideo(ShiftVideo):
+    def prepare(self, ctx) -> None:
+        ctx.stats["size"] = (ctx.width, ctx.height)
+        self.shapes: list[tuple[int, ...]] = []
+
+    def protect_batch(self, frames: np.ndarray, ctx) -> np.ndarray:
+        self.shapes.append(frames.shape)
+        return super().protect_batch(frames, ctx)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI to write a display matrix")
+def test_portrait_rotation_one_frame_two_tracks(tmp_path: Path, settings: Settings) -> None:
+    tracks = (("aac", 44100, "mono"), ("aac", 48000, "stereo"))
+    landscape = make_clip(tmp_path / "land.mp4", frames=1, width=96, height=64, audio=tracks)
+    portrait = rotate_with_ffmpeg(landscape, tmp_path / "portrait.mp4", 90)
+    video = RecordingVideo(2)
+    report = protect(portrait, tmp_path / "out.mp4", settings=settings, protectors=Protectors(video, NoiseAudio()))
+    assert report.video["size"] == (64, 96) and video.shapes == [(1, 96, 64, 3)]
+    assert [t["stream"] for t in report.audio["tracks"]] == [1, 2]
+    assert [a["action"] for a in report.pipeline["audio"]] == ["protected", "protected"]
+    got = probe(tmp_path / "out.mp4")
+    assert got.video.frame_count == 1 and (got.video.width, got.video.height) == (64, 96)
+    assert [a.channels for a in got.audio] == [1, 2]
+    assert any("rotation" in note for note in report.notes)
