@@ -174,6 +174,12 @@ class WorkerPool:
         lived = time.monotonic() - slot.started
         slot.crashes = slot.crashes + 1 if lived < CRASH_WINDOW_S and not slot.kill_reason else 0
         delay = min(2.0 ** max(slot.crashes - 1, 0), 60.0) if slot.crashes else 0.0
+        for task_id in recovered.requeued:
+            log.warning("worker %s died while running this task; requeued", worker_id, extra={"task_id": task_id})
+        for task_id in recovered.failed:
+            log.warning(
+                "worker %s died while running this task; out of attempts: failed", worker_id, extra={"task_id": task_id}
+            )
         log.warning(
             "worker %s exited (code %s, %s) after %.1f s; requeued %s, failed %s; respawn in %.0f s",
             worker_id,
@@ -197,6 +203,9 @@ class WorkerPool:
         recovered = self.store.recover(stale_before=stale)
         if recovered.requeued or recovered.failed:
             log.warning("recovered stale tasks: requeued %s, failed %s", recovered.requeued, recovered.failed)
+        for task_id in recovered.requeued + recovered.failed:
+            self.storage.clear_work_dir(task_id)  # a dead worker's partial output
+            log.warning("its worker stopped sending heartbeats; recovered", extra={"task_id": task_id})
         expired = self.store.expire(timedelta(hours=self.settings.task_timeout_hours))
         for task_id in expired:
             log.warning(
