@@ -175,3 +175,15 @@ def test_observer_sees_originals_when_transform_works_in_place(tmp_path: Path) -
 
     transcode(probe(source), tmp_path / "out.mp4", transform=in_place, observe=observe, encode=FAST)
     assert seen and min(seen) > 100
+
+
+def test_mpegts_start_offset_shifted_and_in_sync(tmp_path: Path) -> None:
+    source = make_clip(tmp_path / "clip.ts", frames=24)  # MPEG-TS starts at ~1.4 s; video and audio differ
+    with av.open(str(source)) as c:
+        offset = {s.type: float(s.start_time * s.time_base) for s in c.streams}
+    out = tmp_path / "ts.mp4"
+    transcode(probe(source), out, encode=FAST)
+    with av.open(str(out)) as c:
+        starts = {s.type: float(s.start_time * s.time_base) for s in c.streams}
+    assert min(starts.values()) == pytest.approx(0.0, abs=0.002)
+    assert starts["video"] - starts["audio"] == pytest.approx(offset["video"] - offset["audio"], abs=0.003)

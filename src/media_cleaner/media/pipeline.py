@@ -185,6 +185,8 @@ def _run(
         vout.codec_context.sample_aspect_ratio = 1 / sar if rotation in (90, 270) else sar
     _copy_stream_tags(vin, vout, encode.keep_metadata, result)
 
+    # The output starts at 0: every stream is shifted by the file's start time (as the ffmpeg CLI does).
+    start_us = container.start_time if container.start_time and container.start_time > 0 else 0
     # Audio plan: one output stream per usable input audio stream, in input order.
     audio_plan: dict[int, tuple[str, Any, Any]] = {}
     for a in info.audio:
@@ -192,8 +194,7 @@ def _run(
         if a.index in protected_audio:
             track = protected_audio[a.index]
             aout = add_aac_stream(output, track.rate, track.layout, encode.audio_bitrate)
-            start = container.start_time / 1e6 if container.start_time else 0.0
-            feeder = PcmFeeder(aout, track.pcm, track.rate, track.layout, track.start_s - start)
+            feeder = PcmFeeder(aout, track.pcm, track.rate, track.layout, track.start_s - start_us / 1e6)
             audio_plan[a.index] = ("protected", aout, feeder)
             action, codec = "protected", "aac"
         elif can_copy(a.codec, fmt):
@@ -203,14 +204,12 @@ def _run(
         else:
             aout = add_aac_stream(output, a.sample_rate, a.layout, encode.audio_bitrate)
             ain.codec_context.thread_type = "AUTO"
-            start = container.start_time / 1e6 if container.start_time else 0.0
-            audio_plan[a.index] = ("transcode", aout, Transcoder(ain, aout, start))
+            audio_plan[a.index] = ("transcode", aout, Transcoder(ain, aout, start_us / 1e6))
             action, codec = "transcode", "aac"
         _copy_stream_tags(ain, aout, encode.keep_metadata, result)
         result.audio.append({"index": a.index, "action": action, "codec": codec, "source_codec": a.codec})
     result.dropped_streams = list(info.other_streams)
 
-    start_us = container.start_time if container.start_time and container.start_time > 0 else 0
     selected = [vin, *(s for s in container.streams if s.index in audio_plan)]
     batch_size = batch_size_for(out_w, out_h, encode.batch_frames)
     expected = max(1, info.video.frame_count or 1)
