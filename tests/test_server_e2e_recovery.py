@@ -61,7 +61,7 @@ def test_graceful_stop_puts_the_running_task_back(tmp_path: Path, long_clip: Pat
     assert server.leftover == []
     row = server.store().get(task_id)
     assert row.status == "pending" and row.attempts == 0 and row.worker_id is None  # released, not failed
-    assert not (tmp_path / "videos_temp" / f"task_{task_id}").exists()
+    assert not list((tmp_path / "videos_temp").glob(f"task_{task_id}*"))
 
 
 def test_task_timeout_is_enforced(tmp_path: Path, long_clip: Path) -> None:

@@ -81,3 +81,14 @@ def test_shared_root_from_storage_url(settings: Settings, tmp_path: Path) -> Non
     assert storage.local_path("input", "x") == shared / "videos_input" / "x"
     with pytest.raises(ValueError):
         open_storage(settings.model_copy(update={"storage_url": "s3://bucket"}))
+
+
+def test_work_dirs_per_attempt(settings: Settings) -> None:
+    storage = open_storage(settings)
+    first, second = storage.work_dir("abc.1"), storage.work_dir("abc.2")
+    (first / "partial.mp4").write_bytes(b"1")
+    (second / "partial.mp4").write_bytes(b"2")
+    storage.clear_work_dir("abc.1")  # the first run ends: only its own dir goes
+    assert not first.exists() and (second / "partial.mp4").read_bytes() == b"2"
+    storage.clear_work_dir("abc")  # the task is over: every attempt's dir goes
+    assert not second.exists()

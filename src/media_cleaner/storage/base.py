@@ -43,10 +43,11 @@ class Storage(ABC):
 
     @abstractmethod
     def work_dir(self, task_id: str) -> Path:
-        """A private scratch directory for one task; removed by `clear_work_dir`."""
+        """A private scratch directory; workers key it `<task id>.<attempt>` so two runs never share one."""
 
     @abstractmethod
-    def clear_work_dir(self, task_id: str) -> None: ...
+    def clear_work_dir(self, task_id: str) -> None:
+        """Remove that directory; given a bare task id, every attempt's directory."""
 
     @abstractmethod
     def publish_output(self, produced: Path, name: str) -> Path:

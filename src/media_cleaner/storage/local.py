@@ -83,6 +83,9 @@ class LocalStorage(Storage):
 
     def clear_work_dir(self, task_id: str) -> None:
         shutil.rmtree(self._in("temp", f"task_{task_id}"), ignore_errors=True)
+        if "." not in task_id:  # a bare task id: every attempt's dir (`<id>.<attempt>`) goes too
+            for path in self.dirs["temp"].glob(f"task_{task_id}.*"):
+                shutil.rmtree(path, ignore_errors=True)
 
     def publish_output(self, produced: Path, name: str) -> Path:
         final = self._in("output", name)

@@ -168,7 +168,9 @@ class WorkerPool:
         process, worker_id = slot.process, slot.worker_id
         code = process.exitcode
         recovered = self.store.recover(worker_ids=[worker_id])
-        for task_id in recovered.requeued + recovered.failed:
+        # Partial output of the dead run: a failed task's is removed now; a requeued task's next run may already
+        # have started in the same work dir, and clears it when it ends.
+        for task_id in recovered.failed:
             self.storage.clear_work_dir(task_id)
         self.store.unregister_worker(worker_id)
         lived = time.monotonic() - slot.started
@@ -203,8 +205,9 @@ class WorkerPool:
         recovered = self.store.recover(stale_before=stale)
         if recovered.requeued or recovered.failed:
             log.warning("recovered stale tasks: requeued %s, failed %s", recovered.requeued, recovered.failed)
+        for task_id in recovered.failed:  # terminal: nobody reuses the work dir (a requeued run clears it itself)
+            self.storage.clear_work_dir(task_id)
         for task_id in recovered.requeued + recovered.failed:
-            self.storage.clear_work_dir(task_id)  # a dead worker's partial output
             log.warning("its worker stopped sending heartbeats; recovered", extra={"task_id": task_id})
         expired = self.store.expire(timedelta(hours=self.settings.task_timeout_hours))
         for task_id in expired:

@@ -110,7 +110,10 @@ def run_task(ctx: WorkerContext, task: Task) -> str:
     tlog = task_logger(log, task.id)
     storage, store = ctx.storage, ctx.store
     source = storage.local_path("input", task.input_name)
-    produced = storage.work_dir(task.id) / task.output_name
+    # One scratch dir per attempt: a run that lost its task (e.g. a stalled heartbeat) cleans up only its own files,
+    # never those of the attempt that took over.
+    scratch = f"{task.id}.{task.attempts}"
+    produced = storage.work_dir(scratch) / task.output_name
     options = engine.ProtectionOptions(
         epsilon=task.epsilon,
         audio_level=task.audio_level,
@@ -170,7 +173,7 @@ def run_task(ctx: WorkerContext, task: Task) -> str:
         tlog.exception("failed with an unexpected error")
         return "failed"
     finally:
-        storage.clear_work_dir(task.id)
+        storage.clear_work_dir(scratch)
         try:
             store.worker_idle(ctx.worker_id)
         except Exception:
