@@ -257,3 +257,19 @@ def test_client_disconnect_mid_upload_leaves_nothing(api_only: ServerProcess) ->
         time.sleep(0.2)
     assert leftovers == []
     assert api_only.http.get("/health").status_code == 200
+
+
+def test_server_config_reports_a_missing_model(tmp_path: Path) -> None:
+    # A weights package without its files (a broken install) shadows the real one; downloads are off.
+    stub = tmp_path / "stub" / "facenet_pytorch"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("")
+    result = _config(
+        tmp_path,
+        "--no-port-check",
+        PYTHONPATH=str(tmp_path / "stub"),
+        MEDIA_CLEANER_ALLOW_MODEL_DOWNLOAD="false",
+        MEDIA_CLEANER_MODEL_CACHE_DIR=str(tmp_path / "empty_cache"),
+    )
+    assert result.returncode == 1
+    assert "model 'mtcnn' is missing (pnet.pt, rnet.pt, onet.pt)" in result.stderr, result.stderr
