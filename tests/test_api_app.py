@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -282,6 +283,9 @@ def test_health_ready_stats_metrics(client: TestClient, settings: Settings, clip
     assert 'media_cleaner_tasks{state="pending"} 1.0' in text
     assert "media_cleaner_queue_depth 1.0" in text
     assert "media_cleaner_upload_bytes_total" in text and "media_cleaner_task_processing_seconds_bucket" in text
+    store.claim("w1")
+    store.expire(timedelta(seconds=-1))  # the pending task times out -> failed with code "timeout"
+    assert 'media_cleaner_task_failures{code="timeout"} 1.0' in client.get("/metrics").text
 
 
 def test_queue_full_is_503(settings: Settings, clip: Path) -> None:

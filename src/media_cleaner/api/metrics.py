@@ -27,6 +27,10 @@ class _QueueCollector(Collector):
             tasks.add_metric([state], counts[state])
         yield tasks
         yield GaugeMetricFamily("media_cleaner_queue_depth", "Tasks waiting for a worker", value=counts["pending"])
+        failures = GaugeMetricFamily("media_cleaner_task_failures", "Failed tasks by error code", labels=["code"])
+        for code, count in sorted(self.ctx.store.failure_codes().items()):
+            failures.add_metric([code], count)
+        yield failures
         alive_after = utcnow() - timedelta(seconds=self.ctx.settings.heartbeat_timeout_seconds)
         workers = self.ctx.store.workers(alive_after)
         gauge = GaugeMetricFamily("media_cleaner_workers", "Worker processes", labels=["state"])

@@ -131,6 +131,14 @@ class TaskStore:
         result["total"] = sum(result[s.value] for s in TaskStatus)
         return result
 
+    def failure_codes(self) -> dict[str, int]:
+        """Failed tasks by error code (for monitoring)."""
+        with self._read() as session:
+            rows = session.execute(
+                select(Task.error_code, func.count()).where(Task.status == TaskStatus.FAILED).group_by(Task.error_code)
+            ).all()
+        return {code or "unknown": count for code, count in rows}
+
     def throughput(self, window: timedelta = timedelta(hours=1)) -> dict[str, Any]:
         since = utcnow() - window
         with self._read() as session:
