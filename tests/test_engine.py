@@ -236,3 +236,11 @@ def test_portrait_rotation_one_frame_two_tracks(tmp_path: Path, settings: Settin
     assert got.video.frame_count == 1 and (got.video.width, got.video.height) == (64, 96)
     assert [a.channels for a in got.audio] == [1, 2]
     assert any("rotation" in note for note in report.notes)
+
+
+def test_refuses_to_overwrite_input(tmp_path: Path, settings: Settings) -> None:
+    source = make_clip(tmp_path / "in.mp4")
+    before = source.read_bytes()
+    with pytest.raises(ValueError, match="overwrite the input"):
+        protect(source, tmp_path / "." / "in.mp4", settings=settings, protectors=Protectors())
+    assert source.read_bytes() == before

@@ -146,6 +146,8 @@ def _run(
 ) -> ProtectionReport:
     from media_cleaner.media import EncodeSettings, muxer_for, probe, transcode
 
+    if output_path.resolve() == input_path.resolve():
+        raise ValueError(f"output {output_path} would overwrite the input")
     crf = settings.video_crf if options.crf is None else options.crf
     video_protector = protectors.video if options.protect_video else None
     audio_protector = protectors.audio if options.protect_audio else None
