@@ -1,0 +1,49 @@
+"""A differentiable stand-in for what happens to the pixels after protection (EOT).
+
+H.264 at CRF 18 removes fine high-frequency detail and averages chroma over 2x2 blocks; playback and detectors add
+resizing and small shifts. Each call draws one random mix of blur, down/up-scaling, a shift, a small brightness /
+contrast change and noise standing in for quantisation, so the perturbation is optimised for all of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N,C,H,W), reflect padding."""
+    if sigma <= 0.05:
+        return x
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    pad = min(radius, x.shape[2] - 1, x.shape[3] - 1)
+    if pad < radius:
+        return x
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def random_codec(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+    """One random draw of the lossy-channel approximation on pixel images (N,3,H,W) in 0..255."""
+
+    def u(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+    h, w = x.shape[2:]
+    if u(0, 1) < 0.5 and min(h, w) >= 24:  # down/up-scaling removes what the encoder and the pyramid would
+        f = u(0.6, 0.95)
+        small = F.interpolate(x, size=(max(8, int(h * f)), max(8, int(w * f))), mode="bilinear", align_corners=False)
+        x = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    if u(0, 1) < 0.7:
+        x = gaussian_blur(x, u(0.3, 1.1) * strength)
+    if u(0, 1) < 0.5:  # photometric jitter: detectors normalise differently
+        x = x * u(0.95, 1.05) + u(-4, 4)
+    x = x + torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device) * 1.2 * strength
+    return x.clamp(0, 255)
