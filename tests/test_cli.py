@@ -86,3 +86,14 @@ def test_parser_is_extensible() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert {"protect", "evaluate", "models"} <= set(sub.choices)
+
+
+def test_models_fetch_into_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MEDIA_CLEANER_MODEL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MEDIA_CLEANER_ALLOW_MODEL_DOWNLOAD", "false")
+    assert main(["models", "fetch", "mtcnn"]) == 0  # from the installed facenet-pytorch wheel, SHA-256 checked
+    assert sorted(p.name for p in (tmp_path / "cache" / "mtcnn").iterdir()) == ["onet.pt", "pnet.pt", "rnet.pt"]
+    assert main(["models", "verify", "mtcnn"]) == 0
+    assert capsys.readouterr().out.count("OK") == 3
