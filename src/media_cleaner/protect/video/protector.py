@@ -37,7 +37,7 @@ class VideoAttackConfig:
     step_frac: float = 0.15  # sign-gradient step as a fraction of the bound
     region_margin: float = 0.4  # context around the face box, in face sizes (R-/O-Net jitter and P-Net windows)
     resolution: int = 40  # texels across a face region: low frequency survives H.264, chroma 4:2:0 and the pyramid
-    floor: float = 0.55  # the bound on flat pixels relative to textured ones
+    floor: float = 0.4  # the bound on flat pixels relative to textured ones
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 0
 

@@ -1,0 +1,119 @@
+"""The PyTorch MTCNN against known detections on real images and clips (weights from the model registry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from media_cleaner.config import Settings
+from media_cleaner.models.mtcnn import MTCNN, load_mtcnn, nms, pyramid_scales
+from media_cleaner.protect.video.protector import iou
+
+# facenet-pytorch 2.6 (torch 'area' resampling) on multiface.jpg: six faces, x1 y1 x2 y2
+MULTIFACE = np.array(
+    [
+        [420, 133, 503, 240],
+        [554, 45, 633, 158],
+        [859, 437, 954, 559],
+        [226, 249, 305, 357],
+        [622, 198, 695, 297],
+        [722, 464, 798, 573],
+    ],
+    dtype=np.float64,
+)
+
+
+@pytest.fixture(scope="module")
+def mtcnn(tmp_path_factory: pytest.TempPathFactory) -> MTCNN:
+    from tests.conftest import REPO_ROOT  # noqa: PLC0415
+
+    from media_cleaner.config import load_settings  # noqa: PLC0415
+
+    base = tmp_path_factory.mktemp("mtcnn")
+    return load_mtcnn(load_settings(base_dir=base, model_cache_dir=REPO_ROOT / ".venv" / "model_cache"))
+
+
+def frames_of(path: Path, every: int, limit: int | None = None) -> np.ndarray:
+    out = []
+    with av.open(str(path)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i % every == 0:
+                out.append(f.to_ndarray(format="rgb24"))
+            if limit and len(out) >= limit:
+                break
+    return np.stack(out)
+
+
+def test_layers_match_facenet_state_dicts(settings: Settings) -> None:
+    from media_cleaner.models.registry import ModelRegistry  # noqa: PLC0415
+
+    weights = ModelRegistry(settings).resolve("mtcnn")
+    model = MTCNN(weights)
+    for name in ("pnet", "rnet", "onet"):
+        state = torch.load(weights / f"{name}.pt", weights_only=True)
+        assert set(state) == set(getattr(model, name).state_dict())
+
+
+def test_pyramid_matches_facenet_defaults() -> None:
+    scales = pyramid_scales(288, 360)
+    assert scales[0] == pytest.approx(0.6)
+    assert scales[1] / scales[0] == pytest.approx(0.709)
+    assert 288 * scales[-1] >= 12 > 288 * scales[-1] * 0.709
+
+
+def test_nms_union_and_min() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [2, 2, 6, 6]], dtype=np.float64)
+    scores = np.array([0.9, 0.8, 0.7, 0.95])
+    keep = nms(boxes, scores, 0.5)
+    assert sorted(keep.tolist()) == [0, 2, 3]  # box 1 overlaps box 0 by IoU 0.68; box 3 is small inside box 0
+    keep_min = nms(boxes, scores, 0.7, "min")
+    assert sorted(keep_min.tolist()) == [2, 3]  # 'Min' overlap: box 3 lies inside boxes 0 and 1
+
+
+def test_multiface_image(mtcnn: MTCNN, shared_data: Path) -> None:
+    image = cv2.imread(str(shared_data / "images" / "multiface.jpg"))[:, :, ::-1]
+    det = mtcnn.detect(image)
+    boxes, probs = det.boxes[0], det.probs[0]
+    assert len(boxes) == len(MULTIFACE)
+    for ref in MULTIFACE:
+        assert max(iou(ref, b) for b in boxes) > 0.9
+    assert probs.min() > 0.99
+    assert det.landmarks[0].shape == (6, 5, 2)
+
+
+def test_exact_resampling_reproduces_facenet_boxes(mtcnn: MTCNN, shared_data: Path) -> None:
+    frame = frames_of(shared_data / "video" / "grid_bbaf2n.mpg", 1, 1)
+    exact = mtcnn.detect(frame, exact=True).boxes[0]
+    fast = mtcnn.detect(frame).boxes[0]
+    assert len(exact) == len(fast) == 1
+    assert iou(exact[0], fast[0]) > 0.8  # OpenCV vs torch area resampling: a few pixels apart
+
+
+@pytest.mark.parametrize("clip", ["grid_bbaf2n.mpg", "grid_brbk7n.mpg", "grid_lbax4n.mpg", "grid_id2_vcd_swwp2s.mpg"])
+def test_grid_one_face_per_frame(mtcnn: MTCNN, shared_data: Path, clip: str) -> None:
+    frames = frames_of(shared_data / "video" / clip, 15)  # 5 frames spread over the 3 s
+    det = mtcnn.detect(frames)
+    assert det.counts() == [1] * len(frames)
+    for box in det.boxes:
+        assert 70 < box[0, 3] - box[0, 1] < 200  # a head of the right size, not a fragment
+
+
+@pytest.mark.slow
+def test_crowd_has_four_to_seven_faces(mtcnn: MTCNN, shared_data: Path) -> None:
+    frames = frames_of(shared_data / "video" / "crowd_1080p_faces.mp4", 50)
+    counts = mtcnn.detect(frames).counts()
+    assert all(4 <= c <= 7 for c in counts), counts
+
+
+def test_gradients_reach_the_pixels(mtcnn: MTCNN) -> None:
+    x = torch.rand(1, 3, 48, 48, requires_grad=True)
+    _, _, logits = mtcnn.onet(x)
+    _, r = mtcnn.rnet(torch.nn.functional.interpolate(x, size=(24, 24), mode="area"))
+    _, p = mtcnn.pnet(x)
+    (logits[:, 1].sum() + r[:, 1].sum() + p[:, 1].sum()).backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
