@@ -88,7 +88,9 @@ def preview(
 def _cached_frame(path: str, mtime_ns: int, size: int, t: float) -> Frame:
     """The page asks for the original, the protected and their difference at one time: decode each file once.
     Keyed by modification time and size so a replaced file is decoded again."""
-    return read_frame(path, t)
+    frame = read_frame(path, t)
+    frame.rgb.flags.writeable = False  # shared between requests: nobody may draw on it
+    return frame
 
 
 def _frame(path: Path, t: float) -> Frame:

@@ -505,12 +505,13 @@
     }
   }
 
-  function progressSentence(task) {
+  /** One line about where the task is; the phase is left out where the status line above already shows it. */
+  function progressSentence(task, withPhase = true) {
     const pct = Number(task.progress || 0);
     if (task.status === 'pending') return 'Waiting for a free worker. It starts automatically.';
     if (task.status === 'processing') {
       const parts = [`${pct.toFixed(0)}% done`];
-      if (task.phase) parts.push(phaseWords(task.phase));
+      if (task.phase && withPhase) parts.push(phaseWords(task.phase));
       if (task.eta_seconds !== null && task.eta_seconds !== undefined) parts.push(`about ${formatDuration(task.eta_seconds)} left`);
       return parts.join(' · ');
     }
@@ -537,7 +538,8 @@
     $('current-bar').value = task.status === 'completed' ? 100 : Number(task.progress || 0);
     $('current-name').textContent = task.original_filename || $('current-name').textContent;
     const sentence = progressSentence(task);
-    if ($('current-text').textContent !== sentence) $('current-text').textContent = sentence;
+    const shown = progressSentence(task, false);
+    if ($('current-text').textContent !== shown) $('current-text').textContent = shown;
     const milestone = `${task.status}|${task.phase || ''}|${Math.floor(Number(task.progress || 0) / 10)}`;
     if (milestone !== state.milestone) {
       if (milestone.split('|')[0] !== state.milestone.split('|')[0]) refreshTasks(); // the list shows status too
