@@ -29,7 +29,7 @@ def test_ssim_bounds_and_backends_agree(monkeypatch: pytest.MonkeyPatch) -> None
     fast = ssim(a, noisy)
     assert 0.3 < fast < 0.99
     monkeypatch.setattr(quality, "cv2", None)
-    assert ssim(a, noisy) == pytest.approx(fast, abs=1e-4)
+    assert ssim(a, noisy) == pytest.approx(fast, abs=2e-3)
     assert frame_errors(a, noisy)[1] == int(np.abs(a.astype(int) - noisy).max())
 
 

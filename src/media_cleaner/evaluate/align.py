@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from scipy import signal
 
-from media_cleaner.evaluate.quality import finite, luma, psnr, snr_db, ssim, worst_window_snr_db
+from media_cleaner.evaluate.quality import finite, luma_u8, psnr, snr_db, ssim, worst_window_snr_db
 from media_cleaner.media.audio import decode_track
 from media_cleaner.media.pipeline import upright
 from media_cleaner.media.probe import MediaInfo, open_input, probe
@@ -73,9 +73,9 @@ def compare_files(
         if i % ssim_every == 0:
             entry["ssim"] = round(ssim(a, b), 5)
             ssims.append(entry["ssim"])
-        diff = luma(b) - luma(a)
+        diff = luma_u8(b) - luma_u8(a)
         if previous_diff is not None and previous_diff.shape == diff.shape:
-            flicker.append(float(np.mean(np.abs(diff - previous_diff))))
+            flicker.append(float(np.mean(np.abs(diff - previous_diff), dtype=np.float64)))
         previous_diff = diff
         per_frame.append(entry)
     finite_psnr = [p for p in psnrs if math.isfinite(p)]

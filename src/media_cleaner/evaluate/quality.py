@@ -19,15 +19,29 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     """Peak signal-to-noise ratio in dB over all samples; `inf` when identical."""
-    diff = a.astype(np.float32) - b.astype(np.float32)
-    mse = float(np.mean(diff * diff))
+    if a.dtype == np.uint8 and b.dtype == np.uint8 and a.shape == b.shape:
+        squares, _ = frame_errors(a, b)
+        mse = squares / max(1, a.size)
+    else:
+        diff = a.astype(np.float32) - b.astype(np.float32)
+        mse = float(np.mean(diff * diff))
     return math.inf if mse == 0.0 else 10.0 * math.log10(peak * peak / mse)
 
 
 def luma(frame: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB -> (H, W) float32 luma; 2-D input is returned as float32."""
-    frame = frame.astype(np.float32)
-    return frame @ _LUMA if frame.ndim == 3 else frame
+    """(H, W, 3) RGB -> (H, W) float32 luma (BT.601 weights, rounded to integer levels); 2-D input as float32."""
+    if frame.ndim == 2:
+        return frame.astype(np.float32)
+    if cv2 is not None and frame.dtype == np.uint8:
+        return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return np.rint(frame.astype(np.float32) @ _LUMA)
+
+
+def luma_u8(frame: np.ndarray) -> np.ndarray:
+    """Integer luma of a uint8 RGB frame, as int16 so differences of two frames do not wrap."""
+    if cv2 is not None and frame.dtype == np.uint8 and frame.ndim == 3:
+        return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.int16)
+    return luma(frame).astype(np.int16)
 
 
 def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0, sigma: float = 1.5) -> float:
