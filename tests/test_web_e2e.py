@@ -288,6 +288,24 @@ def test_upload_progress_completion_download_and_comparison(server: Server, brow
     assert page.errors == []
 
 
+def test_stop_an_upload(server: Server, browser) -> None:  # noqa: ANN001
+    before = httpx.get(f"{server.url}/tasks").json()["total"]
+    page = _page(browser)
+    page.goto(server.url + "/")
+    _throttle_upload(page, 20_000)  # 450 KB at 20 KB/s: plenty of time to stop it
+    page.set_input_files("#file-input", str(CLIP))
+    page.get_by_role("button", name="Protect video").click()
+    page.wait_for_function("document.getElementById('upload-bar').value > 0")
+    page.get_by_role("button", name="Stop upload").click()
+    page.locator("#banner").wait_for(state="visible")
+    assert page.inner_text("#banner-text") == "Upload stopped."
+    assert page.locator("#upload-progress").is_hidden()
+    assert page.locator("#submit").is_enabled()
+    page.wait_for_timeout(1000)
+    assert httpx.get(f"{server.url}/tasks").json()["total"] == before  # nothing was queued
+    assert page.errors == []
+
+
 def test_cancel_a_running_task(server: Server, browser) -> None:  # noqa: ANN001
     page = _page(browser)
     page.goto(server.url + "/")
@@ -570,6 +588,9 @@ def test_report_view_reads_every_section(browser, tmp_path: Path) -> None:  # no
         # The frame picker spans the clip and asks the server for the chosen time.
         page.locator("#frame-time").fill("2.4")
         page.wait_for_function("/at 2\\.40 s/.test(document.getElementById('compare-status').textContent)")
+        page.get_by_role("button", name="Close").click()
+        assert page.locator("#result").is_hidden()
+        assert page.evaluate("document.activeElement.id") == "tasks-title"  # focus is not lost
         assert page.errors == []
     finally:
         srv.stop()

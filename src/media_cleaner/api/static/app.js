@@ -787,6 +787,7 @@
     $('result-close').addEventListener('click', () => {
       $('result').hidden = true;
       state.resultTask = null;
+      $('tasks-title').focus(); // keyboard users land back on the list they came from
       $('tasks-title').scrollIntoView({ block: 'nearest' });
     });
     setWipe(50);
