@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -125,6 +126,12 @@ class Servers:
                 proc.kill()
         if self.pg is not None:
             self.pg.stop()
+
+    def cleanup(self, keep: bool) -> None:
+        if keep:
+            print(f"node logs kept under {self.tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 async def client(
@@ -306,12 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     servers = None if args.target else Servers(args)
+    result: dict[str, Any] | None = None
     try:
         urls = [args.target.rstrip("/")] if args.target else servers.start()  # type: ignore[union-attr]
         result = asyncio.run(run(args, urls))
     finally:
         if servers is not None:
             servers.stop()
+            servers.cleanup(keep=result is None or not result["nothing_lost"])
     print_table(result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
