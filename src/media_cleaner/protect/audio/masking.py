@@ -1,0 +1,125 @@
+"""Where the perturbation may go and how loud it may be.
+
+Two parts:
+- a spectral mask (shape): a simple psychoacoustic model on a 512-point STFT of the 16 kHz speech — energy is
+  spread across frequency (steeper downward than upward, as simultaneous masking is) and forward in time (post-
+  masking), with a per-frame floor below the frame's loudest band. The perturbation lives in this shape, so it
+  sits under the speech and vanishes in silence;
+- the level's SNR floor (scale), enforced exactly by projection: the whole track and every 1 s window on four
+  staggered grids (any 1 s window with speech is then within a fraction of a dB of the floor), per channel,
+  against the original PCM at its own sample rate, with smooth gain curves so the projection adds no clicks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+LEVEL_SNR_DB = {"weak": 40.0, "medium": 35.0, "strong": 30.0}
+N_FFT = 512
+HOP = 128
+
+
+def stft(x: torch.Tensor) -> torch.Tensor:
+    return torch.stft(x, N_FFT, HOP, window=torch.hann_window(N_FFT, device=x.device), return_complex=True)
+
+
+def istft(spec: torch.Tensor, length: int) -> torch.Tensor:
+    window = torch.hann_window(N_FFT, device=spec.device)
+    return torch.istft(spec, N_FFT, HOP, window=window, length=length)
+
+
+def _spread_frequency(power: torch.Tensor) -> torch.Tensor:
+    """out[f] = sum_m power[m] * w(f - m): masking reaches ~3x further up in frequency than down (dB per bin)."""
+    up, down = 32, 16
+    offsets = torch.arange(up, -down - 1, -1, device=power.device, dtype=power.dtype)  # kernel tap k <-> f - m
+    atten = torch.where(offsets < 0, 3.0 * -offsets, 0.8 * offsets)
+    kernel = (10.0 ** (-atten / 10.0))[None, None]
+    padded = F.pad(power.T[:, None], (up, down))  # (T, 1, F + up + down)
+    return F.conv1d(padded, kernel)[:, 0].T
+
+
+def mask_shape(x: torch.Tensor, floor_db: float = 30.0, forward_frames: int = 6, decay_db: float = 2.5) -> torch.Tensor:
+    """Amplitude mask (F, T) for the 16 kHz mono signal `x` (N,): where a perturbation is least audible.
+
+    Only the shape matters; the scale is set by the SNR budget.
+    """
+    power = stft(x).abs() ** 2  # (F, T)
+    spread = _spread_frequency(power)
+    # Forward (post-) masking: a loud frame covers the next few frames, decaying.
+    held = spread.clone()
+    for k in range(1, forward_frames + 1):
+        shifted = F.pad(spread[:, :-k], (k, 0)) * 10.0 ** (-decay_db * k / 10.0)
+        held = torch.maximum(held, shifted)
+    held = torch.maximum(held, F.pad(spread[:, 1:], (0, 1)) * 10.0 ** (-decay_db / 10.0))  # brief pre-masking
+    # Quiet bands of a loud frame are still masked by its loud bands (spread of masking at high levels).
+    floor = held.amax(dim=0, keepdim=True) * 10.0 ** (-floor_db / 10.0)
+    return torch.maximum(held, floor).sqrt()
+
+
+def window_budget_gain(
+    delta: torch.Tensor, reference: torch.Tensor, rate: int, snr_db: float, window_s: float = 1.0
+) -> torch.Tensor:
+    """Differentiable per-sample gain (N,) that scales `delta` down to the SNR floor in each 1 s window."""
+    n = delta.shape[-1]
+    size = max(1, int(rate * window_s))
+    count = -(-n // size)
+    pad = count * size - n
+    d = F.pad(delta, (0, pad)).reshape(count, size)
+    r = F.pad(reference, (0, pad)).reshape(count, size)
+    budget = (r * r).sum(-1) * 10.0 ** (-snr_db / 10.0)
+    energy = (d * d).sum(-1) + 1e-20
+    gain = torch.clamp(torch.sqrt(budget / energy), max=1.0)
+    return gain.repeat_interleave(size)[:n]
+
+
+def _min_filter(values: np.ndarray, width: int) -> np.ndarray:
+    from scipy.ndimage import minimum_filter1d
+
+    return minimum_filter1d(values, size=max(1, width), mode="nearest")
+
+
+def _smooth_below(gain: np.ndarray, width: int) -> np.ndarray:
+    """A smooth curve that is <= `gain` everywhere: min-filter then moving average of the same width."""
+    if width <= 1:
+        return gain
+    low = _min_filter(gain, width)
+    kernel = np.ones(width) / width
+    smooth = np.convolve(np.pad(low, (width // 2, width - 1 - width // 2), mode="edge"), kernel, mode="valid")
+    return np.minimum(smooth, gain)
+
+
+def project_to_floor(
+    original: np.ndarray, protected: np.ndarray, rate: int, snr_db: float, margin_db: float = 0.3
+) -> np.ndarray:
+    """Scale the perturbation (protected - original) of each channel down so that its SNR is >= `snr_db` over the
+    whole track and over every 1 s window of four grids staggered by 0.25 s. Returns the new protected PCM."""
+    target = 10.0 ** (-(snr_db + margin_db) / 10.0)
+    size = int(rate)
+    ramp = max(1, int(rate * 0.02))
+    out = np.empty_like(protected, dtype=np.float32)
+    for c in range(original.shape[0]):
+        ref = original[c].astype(np.float64)
+        delta = protected[c].astype(np.float64) - ref
+        n = ref.shape[0]
+        for _ in range(3):  # smoothing lowers gains further, so a second pass is nearly always a no-op
+            gain = np.ones(n)
+            for offset in range(0, size, max(1, size // 4)):
+                for start in range(offset - size if offset else 0, n, size):
+                    lo, hi = max(0, start), min(n, start + size)
+                    if hi <= lo:
+                        continue
+                    budget = float(np.dot(ref[lo:hi], ref[lo:hi])) * target
+                    energy = float(np.dot(delta[lo:hi], delta[lo:hi]))
+                    if energy > budget:
+                        gain[lo:hi] = np.minimum(gain[lo:hi], np.sqrt(budget / energy))
+            if np.all(gain >= 1.0):
+                break
+            delta *= _smooth_below(gain, ramp)
+        total_budget = float(np.dot(ref, ref)) * target
+        total = float(np.dot(delta, delta))
+        if total > total_budget:
+            delta *= np.sqrt(total_budget / total)
+        out[c] = (ref + delta).astype(np.float32)
+    return out
