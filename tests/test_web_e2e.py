@@ -635,3 +635,39 @@ def test_download_and_previews_with_an_api_key(browser, tmp_path: Path) -> None:
         assert page.errors == []
     finally:
         srv.stop()
+
+
+def test_failed_tasks_are_explained_in_words(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    """What a worker records when it fails (typed code + message) reaches people as a sentence, never a trace."""
+    from media_cleaner.api import create_app
+    from media_cleaner.config import load_settings
+
+    app = create_app(load_settings(base_dir=tmp_path), configured_workers=0, maintenance=False)
+    srv = InProcessServer(app)
+    try:
+        ctx = app.state.ctx
+        failures = {
+            "internal_error": 'RuntimeError: boom\nTraceback (most recent call last):\n  File "x.py", line 1',
+            "invalid_media": "video stream cannot be decoded (corrupt or truncated): Invalid data",
+            "timeout": "task exceeded task_timeout_hours=24",
+        }
+        for code, message in failures.items():
+            with CLIP.open("rb") as handle:
+                httpx.post(f"{srv.url}/upload", files={"file": (f"{code}.mpg", handle)})
+            claimed = ctx.store.claim("browser-test")
+            ctx.store.fail(claimed.id, "browser-test", code, message)
+
+        page = _page(browser)
+        page.goto(srv.url + "/")
+        page.locator("#tasks-body tr").nth(2).wait_for()
+        texts = {name: page.locator(f'#tasks-body tr:has-text("{name}.mpg") .error-text') for name in failures}
+        assert texts["internal_error"].inner_text().startswith("Processing failed because of a problem on the server")
+        assert texts["internal_error"].get_attribute("title") == "RuntimeError: boom"  # first line only, for admins
+        assert texts["invalid_media"].inner_text().startswith("This video seems cut short or damaged")
+        assert "longer than the server allows" in texts["timeout"].inner_text()
+        body = page.inner_text("#tasks")
+        assert "Traceback" not in body and 'File "' not in body
+        assert page.locator("#tasks-body .badge.failed").count() == 3
+        assert page.errors == []
+    finally:
+        srv.stop()

@@ -187,6 +187,12 @@
         return 'Processing was cancelled.';
       case 'timeout':
         return 'Processing took longer than the server allows and was stopped.';
+      case 'internal_error':
+        return 'Processing failed because of a problem on the server. Please try again; if it keeps happening, tell the administrator.';
+      case 'worker_lost':
+        return 'The server stopped while working on this video, more than once. Please try again later.';
+      case 'config_error':
+        return 'The server is not set up correctly. Please tell the administrator.';
       case 'model_missing':
         return 'The server is missing a model it needs. Please tell the administrator.';
       default:
@@ -639,7 +645,9 @@
       }));
     }
     if (task.status === 'failed' && task.error) {
-      statusCell.append(el('span', { class: 'error-text', text: humanError(errorOfTask(task)) }));
+      // The words are for people; the server's own message stays at hand (hover) for whoever runs the server.
+      const detail = shortReason(task.error.message);
+      statusCell.append(el('span', { class: 'error-text', text: humanError(errorOfTask(task)), title: detail || null }));
     }
     const size = task.output_size_bytes
       ? `${formatBytes(task.input_size_bytes)} → ${formatBytes(task.output_size_bytes)}`
