@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from media_cleaner.config import AudioLevel, Settings, load_settings, normalise_audio_level
+from media_cleaner.errors import MediaCleanerError
 from media_cleaner.progress import CancelToken, ProgressCallback, no_progress, scaled
 
 if TYPE_CHECKING:  # protect/ imports torch at run time in its implementations; the engine stays import-light
@@ -244,7 +245,11 @@ def _run(
     if options.measure_quality:
         progress(1.0 - quality_share, "quality")
         t0 = time.perf_counter()
-        report.quality["encoded"] = _encoded_quality(input_path, output_path)
+        try:
+            report.quality["encoded"] = _encoded_quality(input_path, output_path)
+        except (MediaCleanerError, ValueError, OSError) as exc:  # the output is good; only its measurement failed
+            report.quality["encoded"] = {"error": f"{type(exc).__name__}: {exc}"}
+            report.notes.append(f"measuring the delivered file failed: {exc}")
         report.timings["quality"] = _elapsed(t0)
     report.timings["total"] = _elapsed(started)
     progress(1.0, "done")
