@@ -102,6 +102,11 @@ def test_downscale_keeps_the_average() -> None:
     assert small.shape == (4, 6, 3)
     assert np.all(small == 100)
     assert downscale(img, None) is img and downscale(img, 100) is img
+    # A difference image keeps its peaks: one changed pixel per block stays visible.
+    sparse = np.zeros((8, 12, 3), np.uint8)
+    sparse[::2, ::2] = 90
+    assert np.all(downscale(sparse, 6, keep_peaks=True) == 90)
+    assert np.all(downscale(sparse, 6) < 30)
 
 
 def test_rotated_phone_video_is_shown_upright(tmp_path: Path) -> None:

@@ -155,6 +155,9 @@ def test_previews_of_a_completed_task(client: TestClient, clip: Path, tmp_path: 
 
     small = client.get(f"/task/{task_id}/preview", params={"kind": "protected", "max_width": 180})
     assert _png_size(small.content) == (180, 144)
+    small_diff = client.get(f"/task/{task_id}/preview", params={"kind": "diff", "t": 1.0, "max_width": 180})
+    assert _png_size(small_diff.content) == (180, 144)
+    assert _png_pixels(small_diff.content, tmp_path).mean() >= images["diff"].mean()  # peaks kept, not averaged
     bad = client.get(f"/task/{task_id}/preview", params={"kind": "sideways"})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
     assert client.get("/task/000000000000/preview").json()["error"]["code"] == "not_found"

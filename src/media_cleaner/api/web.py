@@ -105,6 +105,6 @@ def _render(
         before, after = _frame(original, t), _frame(protected, t)
         image, gain, mean_abs = amplified_difference(before.rgb, after.rgb)
         headers = {"X-Diff-Gain": str(gain), "X-Diff-Mean": f"{mean_abs:.4f}", "X-Frame-Time": f"{after.time:.4f}"}
-        return encode_png(downscale(image, max_width)), headers
+        return encode_png(downscale(image, max_width, keep_peaks=True)), headers
     frame = _frame(original if kind == "original" else protected, t)
     return encode_png(downscale(frame.rgb, max_width)), {"X-Frame-Time": f"{frame.time:.4f}"}

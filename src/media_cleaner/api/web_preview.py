@@ -97,15 +97,18 @@ def amplified_difference(original: np.ndarray, protected: np.ndarray) -> tuple[n
     return image, gain, mean_abs
 
 
-def downscale(rgb: np.ndarray, max_width: int | None) -> np.ndarray:
-    """Box-average by the smallest integer factor that fits `max_width` (keeps the perturbation's average)."""
+def downscale(rgb: np.ndarray, max_width: int | None, *, keep_peaks: bool = False) -> np.ndarray:
+    """Shrink by the smallest integer factor that fits `max_width`: box average for pictures; with `keep_peaks`
+    the brightest value of each block, so a fine perturbation in a difference image does not average away."""
     if not max_width or rgb.shape[1] <= max_width:
         return rgb
     factor = -(-rgb.shape[1] // max_width)
     h = rgb.shape[0] // factor * factor
     w = rgb.shape[1] // factor * factor
-    blocks = rgb[:h, :w].reshape(h // factor, factor, w // factor, factor, 3).astype(np.float32)
-    return np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
+    blocks = rgb[:h, :w].reshape(h // factor, factor, w // factor, factor, 3)
+    if keep_peaks:
+        return blocks.max(axis=(1, 3))
+    return np.round(blocks.astype(np.float32).mean(axis=(1, 3))).astype(np.uint8)
 
 
 def encode_png(rgb: np.ndarray, level: int = 3) -> bytes:

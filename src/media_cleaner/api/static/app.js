@@ -714,7 +714,10 @@
 
   async function fetchImage(kind, t, seq) {
     const task = state.resultTask;
-    const url = `task/${encodeURIComponent(task.task_id)}/preview?kind=${kind}&t=${t.toFixed(2)}`;
+    // No more pixels than the screen shows (a 4K frame as PNG is megabytes); the server keeps the difference's peaks.
+    const shown = Math.max($('result').clientWidth || 0, 320) * (window.devicePixelRatio || 1);
+    const maxWidth = Math.min(8192, Math.max(1280, Math.ceil(shown))); // small videos always at full size
+    const url = `task/${encodeURIComponent(task.task_id)}/preview?kind=${kind}&t=${t.toFixed(2)}&max_width=${maxWidth}`;
     const resp = await api(url);
     const blob = await resp.blob();
     if (seq !== state.previewSeq) return null;
