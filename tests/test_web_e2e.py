@@ -463,6 +463,11 @@ def test_api_key_is_asked_once_and_kept_and_busy_server(browser, tmp_path: Path)
         page.locator("#banner").wait_for(state="visible")
         assert page.inner_text("#banner-text") == "The server is busy right now. Please try again in a minute."
         _shot(page, "11_error_busy_phone", full_page=False)
+        # Back on the page later, the waiting video is followed again without asking.
+        page.reload()
+        page.wait_for_function("/free worker/.test(document.getElementById('current-text').textContent)")
+        assert page.locator("#current").is_visible()
+        row = page.locator("#tasks-body tr").first
         # The waiting task is the key's user's, and can be cancelled from the list.
         tasks = httpx.get(f"{srv.url}/tasks", headers={"X-API-Key": API_KEY}).json()
         assert tasks["total"] == 1 and tasks["tasks"][0]["user_id"] == "alice"

@@ -60,6 +60,7 @@
     previewSeq: 0,
     keyWaiters: [],
     uploadStep: -1,
+    followedOnLoad: false,
     milestone: '',
   };
 
@@ -630,6 +631,12 @@
     $('tasks-empty').textContent = 'No videos yet. Protected videos appear here.';
     for (const task of tasks) body.append(taskRow(task));
     const anyActive = tasks.some((t) => ACTIVE.has(t.status));
+    // Back on the page (reload, new tab) while a video is still being worked on: follow it again.
+    if (!state.followedOnLoad && !state.current && !state.xhr) {
+      const active = tasks.find((t) => ACTIVE.has(t.status)); // newest first
+      if (active) watchTask(active.task_id, active.original_filename);
+    }
+    state.followedOnLoad = true;
     if (state.listTimer) clearTimeout(state.listTimer);
     state.listTimer = setTimeout(refreshTasks, anyActive ? POLL_MS * 3 : LIST_REFRESH_MS);
   }
