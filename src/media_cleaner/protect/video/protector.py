@@ -128,6 +128,8 @@ class FaceVideoProtector:
         self.faces_found = self.faces_left = self.frames_with_faces = 0
         self.frames_left = 0
         self.seconds = {"detect": 0.0, "optimise": 0.0, "check": 0.0, "apply": 0.0}
+        self.prev_delta: np.ndarray | None = None
+        self.flicker: list[float] = []  # mean |delta_t - delta_t-1| in 8-bit levels over the whole frame
 
     def protect_batch(self, frames: np.ndarray, ctx: VideoContext) -> np.ndarray:
         if self.int_bound < 1:
@@ -165,6 +167,7 @@ class FaceVideoProtector:
             "faces_left_after_optimisation": self.faces_left,
             "groups_with_faces": self.frames_with_faces,
             "groups_with_faces_left": self.frames_left,
+            "flicker_mean_abs": round(float(np.mean(self.flicker)), 4) if self.flicker else 0.0,
             "seconds": round(total, 3),
             "seconds_per_frame": round(total / max(1, self.frames), 4),
             "seconds_by_phase": {k: round(v, 3) for k, v in self.seconds.items()},
@@ -265,6 +268,10 @@ class FaceVideoProtector:
                     (y0, y1, x0, x1), delta = self._delta(frames[t], face, t / max(1, n - 1))
                     total[y0:y1, x0:x1] += delta[0].permute(1, 2, 0).cpu().numpy()
                 delta_int = np.clip(np.rint(total), -self.int_bound, self.int_bound).astype(np.int16)
+                if len(index) == n:  # the frames that will be written: temporal figures
+                    if self.prev_delta is not None and self.prev_delta.shape == delta_int.shape:
+                        self.flicker.append(float(np.mean(np.abs(delta_int - self.prev_delta))))
+                    self.prev_delta = delta_int
                 out[k] = np.clip(frames[t].astype(np.int16) + delta_int, 0, 255).astype(np.uint8)
         self.seconds["apply"] += time.perf_counter() - t0
         return out
@@ -296,6 +303,10 @@ class FaceVideoProtector:
         self.groups += 1
         faces = self._faces(frames)
         if not faces:
+            if self.prev_delta is not None and self.prev_delta.any():
+                self.flicker.append(float(np.mean(np.abs(self.prev_delta))))
+            self.prev_delta = None
+            self.flicker += [0.0] * (len(frames) - 1)
             return frames
         self.faces_found += len(faces)
         self.frames_with_faces += 1

@@ -1,0 +1,121 @@
+"""The video protector on real GRID frames: bound, shaping, optimisation effect, engine integration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from media_cleaner.config import Settings
+from media_cleaner.evaluate.quality import psnr
+from media_cleaner.models.mtcnn import normalise
+from media_cleaner.models.registry import ModelRegistry
+from media_cleaner.progress import CancelToken
+from media_cleaner.protect.base import VideoContext
+from media_cleaner.protect.video import VideoAttackConfig, create, pixel_bound
+from media_cleaner.protect.video.attack import crop_resize
+
+FAST = VideoAttackConfig(group=4, first_steps=6, steps=2, extra_steps=0)
+
+
+def grid_frames(shared_data: Path, count: int) -> np.ndarray:
+    with av.open(str(shared_data / "video" / "grid_bbaf2n.mpg")) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for _, f in zip(range(count), c.decode(video=0), strict=False)])
+
+
+def context(settings: Settings, frames: np.ndarray, epsilon: float = 0.12) -> VideoContext:
+    n, h, w = frames.shape[:3]
+    return VideoContext(
+        settings=settings, epsilon=epsilon, width=w, height=h, fps=25.0, frame_count=n, cancel=CancelToken()
+    )
+
+
+def onet_logit(protector, frame: np.ndarray, box: np.ndarray) -> float:  # noqa: ANN001
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+    _, _, logits = protector.model.onet(normalise(crop_resize(x, torch.tensor(box[None], dtype=torch.float32), 48)))
+    return float(logits[0, 1] - logits[0, 0])
+
+
+def test_pixel_bound_from_epsilon() -> None:
+    assert pixel_bound(0.12) == pytest.approx(6.9156, abs=1e-3)
+    assert pixel_bound(0.20) == pytest.approx(11.526, abs=1e-3)
+
+
+def test_bound_shaping_and_stats(settings: Settings, shared_data: Path) -> None:
+    frames = grid_frames(shared_data, 8)
+    protector = create(settings, ModelRegistry(settings), FAST)
+    ctx = context(settings, frames)
+    protector.prepare(ctx)
+    out = np.concatenate([protector.protect_batch(frames[:5], ctx), protector.protect_batch(frames[5:], ctx)])
+    protector.finish(ctx)
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    diff = out.astype(int) - frames
+    assert np.abs(diff).max() <= pixel_bound(0.12)
+    assert np.abs(diff).max() >= 3  # something was added
+    assert psnr(frames, out) >= 40.0
+    # only around the face (x 105..207 on these frames): the frame's side strips stay untouched
+    assert not diff[:, :, :20].any() and not diff[:, :, -40:].any()
+    assert (diff != 0).mean() < 0.6
+    stats = ctx.stats
+    assert stats["pixel_bound"] == pytest.approx(6.916, abs=1e-3)
+    assert stats["frames"] == 8 and stats["steps"] >= FAST.first_steps
+    assert stats["faces_found_on_key_frames"] >= 2
+    assert stats["flicker_mean_abs"] < 1.0  # one perturbation per group, moving with the face
+
+
+def test_optimisation_lowers_the_face_score(settings: Settings, shared_data: Path) -> None:
+    frames = grid_frames(shared_data, 1)
+    protector = create(settings, ModelRegistry(settings), VideoAttackConfig(group=1, first_steps=10, extra_steps=0))
+    ctx = context(settings, frames)
+    protector.prepare(ctx)
+    box = protector.model.detect(frames).boxes[0][0]
+    out = protector.protect_batch(frames, ctx)
+    before, after = onet_logit(protector, frames[0], box), onet_logit(protector, out[0], box)
+    assert after < before - 2.0, (before, after)
+
+
+def test_zero_epsilon_is_identity(settings: Settings, shared_data: Path) -> None:
+    frames = grid_frames(shared_data, 2)
+    protector = create(settings, ModelRegistry(settings), FAST)
+    ctx = context(settings, frames, epsilon=0.0)
+    protector.prepare(ctx)
+    assert np.array_equal(protector.protect_batch(frames, ctx), frames)
+
+
+def test_no_face_leaves_frames_alone(settings: Settings) -> None:
+    rng = np.random.default_rng(0)
+    frames = np.repeat(rng.integers(100, 140, size=(1, 96, 128, 3), dtype=np.uint8), 3, axis=0)
+    protector = create(settings, ModelRegistry(settings), FAST)
+    ctx = context(settings, frames)
+    protector.prepare(ctx)
+    assert np.array_equal(protector.protect_batch(frames, ctx), frames)
+    protector.finish(ctx)
+    assert ctx.stats["faces_found_on_key_frames"] == 0
+
+
+@pytest.mark.slow
+def test_engine_protect_writes_a_protected_file(settings: Settings, shared_data: Path, tmp_path: Path) -> None:
+    from media_cleaner.engine import ProtectionOptions, Protectors, protect  # noqa: PLC0415
+
+    source = tmp_path / "grid_1s.mp4"
+    frames = grid_frames(shared_data, 12)
+    with av.open(str(source), "w") as o:
+        s = o.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.options = {"crf": "12"}
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                o.mux(p)
+        for p in s.encode():
+            o.mux(p)
+    protectors = Protectors(video=create(settings, ModelRegistry(settings), FAST))
+    out = tmp_path / "out.mp4"
+    report = protect(source, out, ProtectionOptions(protect_audio=False), settings=settings, protectors=protectors)
+    assert out.is_file()
+    assert report.video["protector"] == "mtcnn-eot"
+    assert report.video["pixel_bound"] == pytest.approx(6.916, abs=1e-3)
+    assert report.quality["video"]["linf_max"] <= 6
+    assert report.quality["video"]["psnr_db"] >= 40.0
