@@ -141,7 +141,13 @@ def _run_procrastinate(settings: Settings, concurrency: int) -> int:
     for slot_id in slot_ids:
         store.register_worker(slot_id, host, pid, settings.device)
     t0 = time.monotonic()
-    protectors = engine.load_protectors(settings)  # once per process; every job on this worker reuses them
+    try:
+        protectors = engine.load_protectors(settings)  # once per process; every job on this worker reuses them
+    except Exception:
+        log.exception("worker %s:%d could not load its models; exiting", host, pid)
+        for slot_id in slot_ids:
+            store.unregister_worker(slot_id)
+        raise
     for note in protectors.notes:
         log.warning("%s", note)
     for slot_id in slot_ids:
