@@ -284,7 +284,7 @@ def test_upload_progress_completion_download_and_comparison(server: Server, brow
     page.set_viewport_size({"width": 360, "height": 780})
     page.wait_for_timeout(400)
     assert page.evaluate("document.documentElement.scrollWidth") <= 360  # no sideways scrolling on a phone
-    _shot(page, "07_compare_difference_phone", element="#result")
+    _shot(page, "07_compare_difference_phone", element=".compare")
     assert page.errors == []
 
 
@@ -463,6 +463,12 @@ def test_api_key_is_asked_once_and_kept_and_busy_server(browser, tmp_path: Path)
         page.locator("#banner").wait_for(state="visible")
         assert page.inner_text("#banner-text") == "The server is busy right now. Please try again in a minute."
         _shot(page, "11_error_busy_phone", full_page=False)
+        # The list refreshes itself while the task waits; a keyboard user's focus stays on the button it was on.
+        page.evaluate("document.querySelector('#tasks-body tr').dataset.marker = 'before'")
+        page.get_by_role("button", name="Cancel grid_bbaf2n.mpg").focus()
+        page.wait_for_function("document.querySelector('#tasks-body tr').dataset.marker !== 'before'")  # redrawn
+        assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Cancel grid_bbaf2n.mpg"
+        assert page.evaluate("document.activeElement.closest('#tasks-body') !== null")
         # Back on the page later, the waiting video is followed again without asking.
         page.reload()
         page.wait_for_function("/free worker/.test(document.getElementById('current-text').textContent)")

@@ -625,11 +625,17 @@
 
   function renderTasks(tasks) {
     const body = $('tasks-body');
+    // The list refreshes every few seconds while something runs: keep the keyboard focus where it was.
+    const focused = body.contains(document.activeElement) ? document.activeElement.getAttribute('aria-label') : null;
     body.replaceChildren();
     $('tasks-table').hidden = tasks.length === 0;
     $('tasks-empty').hidden = tasks.length > 0;
     $('tasks-empty').textContent = 'No videos yet. Protected videos appear here.';
     for (const task of tasks) body.append(taskRow(task));
+    if (focused) {
+      const again = [...body.querySelectorAll('button')].find((b) => b.getAttribute('aria-label') === focused);
+      if (again) again.focus();
+    }
     const anyActive = tasks.some((t) => ACTIVE.has(t.status));
     // Back on the page (reload, new tab) while a video is still being worked on: follow it again.
     if (!state.followedOnLoad && !state.current && !state.xhr) {
