@@ -835,9 +835,11 @@
       psnr: 'PSNR', ssim: 'SSIM', snr: 'SNR', wer: 'word error rate', db: 'dB', fps: 'fps', eps: 'epsilon',
       pct: '%', rtf: 'realtime factor', asr: 'speech recogniser',
     };
+    // The report's sections, in the page's words: `video` is measured before encoding, `encoded` on the file.
+    const sections = { video: 'picture', audio: 'sound', encoded: 'delivered file', faces: 'faces', speech: 'speech' };
     return path
       .split('.')
-      .map((part) => part.split(/[_-]+/).map((w) => words[w.toLowerCase()] || w).join(' '))
+      .map((part, i) => (i === 0 && sections[part]) || part.split(/[_-]+/).map((w) => words[w.toLowerCase()] || w).join(' '))
       .join(' · ');
   }
 
