@@ -6,6 +6,7 @@ installs it); skipped with a reason where it is missing.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -51,7 +52,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed (apt-get install chromium)"),
     pytest.mark.skipif(not CLIP.exists(), reason=f"shared clip missing: {CLIP}"),
-    pytest.mark.skipif(not (REPO_ROOT / "run_server.py").exists(), reason="run_server.py not there yet"),
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright not installed (dev extra)"),
 ]
 
 
