@@ -187,3 +187,25 @@ def test_mpegts_start_offset_shifted_and_in_sync(tmp_path: Path) -> None:
         starts = {s.type: float(s.start_time * s.time_base) for s in c.streams}
     assert min(starts.values()) == pytest.approx(0.0, abs=0.002)
     assert starts["video"] - starts["audio"] == pytest.approx(offset["video"] - offset["audio"], abs=0.003)
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    import struct  # noqa: PLC0415
+
+    names = []
+    with path.open("rb") as f:
+        while len(header := f.read(8)) == 8:
+            size, kind = struct.unpack(">I4s", header)
+            if size == 1:
+                size = struct.unpack(">Q", f.read(8))[0] - 8
+            f.seek(size - 8, 1)
+            names.append(kind.decode("latin-1"))
+    return names
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_faststart_moov_before_mdat(tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"out{suffix}"
+    transcode(probe(make_clip(tmp_path / f"in{suffix}")), out, encode=FAST)
+    boxes = top_level_boxes(out)
+    assert boxes.index("moov") < boxes.index("mdat")
