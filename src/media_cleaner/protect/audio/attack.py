@@ -39,8 +39,10 @@ class AttackConfig:
     encoder_weight: float = 1.0  # untargeted: standardised cosine to the clean encoder features
     decoder_weight: float = 0.0  # untargeted: teacher-forced log-probability of the clean transcript
     eot_weight: float = 0.0  # untargeted: reward for end-of-text right after the first timestamp
-    codec_aware: bool = True  # optimise on top of the clean track after one real pass through the output codec
-    augment: bool = False  # random delay / band-limit / codec-like noise each step
+    codec_aware: bool = True  # the real output codec in the loop (straight-through), see `run`
+    codec_every: int = 3  # steps between passes through the real codec
+    shift: bool = True  # a random sub-frame delay each step: recognisers' frames never line up with ours
+    augment: bool = False  # also random band-limiting and codec-like noise each step
     noise_snr_db: tuple[float, float] = (38.0, 48.0)
     mask_floor_db: float = 0.0  # spectral floor below each frame's loudest band: 0 = flat spectrum per frame
     use_mask: bool = True
@@ -81,18 +83,17 @@ class _Augment:
         self.gen = generator
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if not self.cfg.augment:
+        if not (self.cfg.augment or self.cfg.shift):
             return batch
         b, n = batch.shape
         g = self.gen
-        lo, hi = self.cfg.noise_snr_db
         out = []
         for i in range(b):
             y = batch[i]
-            shift = int(torch.randint(0, HOP, (1,), generator=g))
+            shift = int(torch.randint(0, HOP, (1,), generator=g)) if self.cfg.shift else 0
             if shift:
                 y = torch.nn.functional.pad(y, (shift, 0))[:n]
-            if float(torch.rand(1, generator=g)) < 0.5:  # band-limit (resampling / low-pass codecs)
+            if self.cfg.augment and float(torch.rand(1, generator=g)) < 0.5:  # band-limit (resampling, codecs)
                 cutoff = 6000.0 + 2000.0 * float(torch.rand(1, generator=g))
                 spec = torch.fft.rfft(y)
                 freqs = torch.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
@@ -167,7 +168,7 @@ class WhisperAttack:
         self,
         x: np.ndarray,
         cfg: AttackConfig,
-        coded: np.ndarray | None = None,
+        codec: Callable[[np.ndarray], np.ndarray] | None = None,
         check: Callable[[], None] = lambda: None,
         progress: Callable[[float], None] = lambda f: None,
     ) -> tuple[np.ndarray, dict[str, object]]:
@@ -179,12 +180,19 @@ class WhisperAttack:
         n = signal.shape[0]
         windows = plan_windows(n)
         clean = _slices(signal, windows)
-        # The clean track after the real output codec (one encode + decode): optimising on top of it makes the
-        # perturbation work in the presence of the codec's own noise, which is louder than the perturbation.
+        # The real output codec in the loop, straight-through (BPDA): every `codec_every` steps the current
+        # protected track goes through the actual encoder and decoder; the forward pass then sees exactly what
+        # the listener gets at that point, and gradients pass through as if the codec were the identity. AAC's
+        # noise (~26-30 dB below the speech) is louder than the perturbation, so this is what makes it transfer.
         base = signal
-        if coded is not None:
-            base = torch.from_numpy(np.ascontiguousarray(coded[:n], dtype=np.float32)).to(device)
-            base = torch.nn.functional.pad(base, (0, n - base.shape[0]))
+
+        def refresh(delta_now: torch.Tensor) -> torch.Tensor:
+            if codec is None:
+                return signal
+            d = delta_now.detach().cpu().numpy()
+            coded = np.asarray(codec(d), dtype=np.float32)[:n]
+            coded = np.pad(coded, (0, n - coded.shape[0]))
+            return torch.from_numpy(coded).to(device) - delta_now.detach()
 
         with torch.no_grad():
             clean_features = s.encode(s.log_mel(clean))
@@ -234,6 +242,8 @@ class WhisperAttack:
             check()
             opt.zero_grad(set_to_none=True)
             delta = perturbation()
+            if codec is not None and step % cfg.codec_every == 0:
+                base = refresh(delta)
             batch = _slices(base + delta, windows)
             with torch.no_grad():
                 noise = augment.noise(tuple(batch.shape), windows.starts)

@@ -5,7 +5,7 @@ Two parts:
   spread across frequency (steeper downward than upward, as simultaneous masking is) and forward in time (post-
   masking), with a per-frame floor below the frame's loudest band. The perturbation lives in this shape, so it
   sits under the speech and vanishes in silence;
-- the level's SNR floor (scale), enforced exactly by projection: the whole track and every 1 s window on four
+- the level's SNR floor (scale), enforced exactly by projection: the whole track and every 1 s window on ten
   staggered grids (any 1 s window with speech is then within a fraction of a dB of the floor), per channel,
   against the original PCM at its own sample rate, with smooth gain curves so the projection adds no clicks.
 """
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 LEVEL_SNR_DB = {"weak": 40.0, "medium": 35.0, "strong": 30.0}
 N_FFT = 512
+GRIDS = 10  # staggered 1 s grids (hop 0.1 s): any 1 s window is then within a fraction of a dB of the floor
 HOP = 128
 
 
@@ -94,7 +95,7 @@ def project_to_floor(
     original: np.ndarray, protected: np.ndarray, rate: int, snr_db: float, margin_db: float = 0.3
 ) -> np.ndarray:
     """Scale the perturbation (protected - original) of each channel down so that its SNR is >= `snr_db` over the
-    whole track and over every 1 s window of four grids staggered by 0.25 s. Returns the new protected PCM."""
+    whole track and over every 1 s window of ten grids staggered by 0.1 s. Returns the new protected PCM."""
     target = 10.0 ** (-(snr_db + margin_db) / 10.0)
     size = int(rate)
     ramp = max(1, int(rate * 0.02))
@@ -105,7 +106,7 @@ def project_to_floor(
         n = ref.shape[0]
         for _ in range(3):  # smoothing lowers gains further, so a second pass is nearly always a no-op
             gain = np.ones(n)
-            for offset in range(0, size, max(1, size // 4)):
+            for offset in range(0, size, max(1, size // GRIDS)):
                 for start in range(offset - size if offset else 0, n, size):
                     lo, hi = max(0, start), min(n, start + size)
                     if hi <= lo:

@@ -34,6 +34,10 @@ def _resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
     return resample_poly(x, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
+def _fit(x: np.ndarray, n: int) -> np.ndarray:
+    return np.pad(x, (0, max(0, n - x.shape[0])))[:n]
+
+
 def _dbfs(x: np.ndarray) -> float:
     power = float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0
     return 10.0 * math.log10(power) if power > 0 else -math.inf
@@ -87,20 +91,27 @@ class WhisperAudioProtector:
         cfg = self.config_for(ctx.level)
         protected = pcm.copy()
         groups = channel_groups(pcm)
-        coded = aac_roundtrip(pcm, rate, self.settings.audio_bitrate) if cfg.codec_aware and groups else None
         figures: list[dict[str, Any]] = []
         for g, group in enumerate(groups):
             mix = pcm[group].mean(axis=0)
             x16 = _resample(mix, rate, SAMPLE_RATE)
-            coded16 = _resample(coded[group].mean(axis=0), rate, SAMPLE_RATE) if coded is not None else None
+
+            def codec(delta16: np.ndarray, group: list[int] = group, mix: np.ndarray = mix) -> np.ndarray:
+                """The group's mix at 16 kHz after the real output codec, with `delta16` applied."""
+                trial = pcm.copy()
+                delta = _fit(_resample(delta16, SAMPLE_RATE, rate), mix.shape[0])
+                trial[group] += delta
+                coded = aac_roundtrip(np.clip(trial, -1.0, 1.0), rate, self.settings.audio_bitrate)
+                return _resample(coded[group].mean(axis=0), rate, SAMPLE_RATE)
 
             def report(fraction: float, g: int = g) -> None:
                 ctx.progress((g + fraction) / max(1, len(groups)), "audio")
 
-            delta16, info = self._attack.run(x16, cfg, coded16, check=ctx.cancel.check, progress=report)
+            delta16, info = self._attack.run(
+                x16, cfg, codec if cfg.codec_aware else None, check=ctx.cancel.check, progress=report
+            )
             # The perturbation lives below 8 kHz; bring it to the track's rate and give it to every channel.
-            delta = _resample(delta16, SAMPLE_RATE, rate)
-            delta = np.pad(delta, (0, max(0, mix.shape[0] - delta.shape[0])))[: mix.shape[0]]
+            delta = _fit(_resample(delta16, SAMPLE_RATE, rate), mix.shape[0])
             for c in group:
                 protected[c] = pcm[c] + delta
             figures.append({"channels": group, **info})
@@ -111,7 +122,7 @@ class WhisperAudioProtector:
         ctx.stats.update(
             {
                 "method": "STFT-domain perturbation under a temporal/spectral mask, Adam on Whisper base (encoder "
-                "features away from the clean ones), optimised on top of one real pass through the output codec",
+                "features away from the clean ones), the real output codec in the loop (straight-through)",
                 "codec_aware": cfg.codec_aware,
                 "objective": cfg.objective + (f": {cfg.phrase!r}" if cfg.objective == "phrase" else ""),
                 "level": ctx.level,

@@ -1,0 +1,147 @@
+"""Audio protector: SNR floors enforced per window, channels and rates kept, and it moves Whisper."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from media_cleaner.config import load_settings
+from media_cleaner.errors import Cancelled
+from media_cleaner.evaluate.quality import snr_db
+from media_cleaner.evaluate.speech import load_pcm
+from media_cleaner.models.registry import ModelRegistry
+from media_cleaner.progress import CancelToken
+from media_cleaner.protect.audio import AttackConfig, create
+from media_cleaner.protect.audio.attack import plan_windows
+from media_cleaner.protect.audio.codec import aac_roundtrip
+from media_cleaner.protect.audio.masking import LEVEL_SNR_DB, mask_shape, project_to_floor
+from media_cleaner.protect.audio.protector import channel_groups
+from media_cleaner.protect.base import AudioContext
+
+MODEL_CACHE = Path(__file__).resolve().parent.parent / ".venv" / "model_cache"
+
+
+def _sliding_worst_snr(ref: np.ndarray, test: np.ndarray, rate: int, hop_s: float = 0.05) -> float:
+    """Lowest SNR over every 1 s window (hop 50 ms) whose signal is within 30 dB of the loudest one."""
+    size, hop = rate, int(rate * hop_s)
+    values, powers = [], []
+    for start in range(0, ref.shape[-1] - size + 1, hop):
+        r = ref[..., start : start + size].astype(np.float64)
+        d = test[..., start : start + size].astype(np.float64) - r
+        powers.append(np.mean(r * r))
+        values.append((np.mean(r * r), np.mean(d * d)))
+    loudest = max(powers)
+    active = [10 * np.log10(s / max(n, 1e-30)) for s, n in values if s >= loudest * 1e-3]
+    return float(min(active))
+
+
+def _speechlike(rate: int, seconds: float, seed: int = 0) -> np.ndarray:
+    """Bursts of harmonic tones with pauses and loudness changes: a stand-in for speech."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    voice = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) / k for k, f in enumerate((140, 280, 420, 900), 1))
+    envelope = (np.sin(2 * np.pi * 1.7 * t) > -0.3) * (0.2 + 0.8 * (np.sin(2 * np.pi * 0.23 * t) + 1) / 2)
+    return (0.2 * voice * envelope).astype(np.float32)
+
+
+@pytest.mark.parametrize("level", ["weak", "medium", "strong"])
+def test_projection_enforces_the_floor_overall_and_in_every_window(level: str) -> None:
+    rate = 22050
+    x = np.stack([_speechlike(rate, 6.0), 0.3 * _speechlike(rate, 6.0, seed=1)])
+    x[:, 2 * rate : 4 * rate] = 0.0  # two seconds of digital silence
+    noisy = x + np.random.default_rng(2).normal(0, 0.05, x.shape).astype(np.float32)  # far too loud
+    out = project_to_floor(x, noisy, rate, LEVEL_SNR_DB[level])
+    floor = LEVEL_SNR_DB[level]
+    for c in range(2):
+        assert snr_db(x[c], out[c]) >= floor
+        assert _sliding_worst_snr(x[c], out[c], rate) >= floor - 0.5  # any 1 s window, not only our grids
+    middle = slice(int(2.9 * rate), int(3.1 * rate))
+    assert np.all(out[:, middle] == 0)  # windows without signal get no perturbation at all
+    # The projection only scales the perturbation down: it never changes its sign.
+    assert np.all((out - x) * (noisy - x) >= -1e-9)
+
+
+def test_mask_follows_the_speech() -> None:
+    import torch
+
+    x = torch.from_numpy(_speechlike(16000, 4.0))
+    shape = mask_shape(x, floor_db=30.0)
+    frame_energy = torch.stft(x, 512, 128, window=torch.hann_window(512), return_complex=True).abs().pow(2).sum(0)
+    loud, quiet = frame_energy > frame_energy.max() * 0.1, frame_energy < frame_energy.max() * 1e-6
+    assert shape.shape[1] == frame_energy.shape[0]
+    # Quiet frames only keep a short post-masking tail from the speech before them.
+    assert shape[:, loud].mean() > 20 * shape[:, quiet].median()
+    assert shape[:, quiet].median() < 1e-3 * shape[:, loud].max()
+
+
+def test_channel_groups_and_windows() -> None:
+    voice = _speechlike(16000, 2.0)
+    other = _speechlike(16000, 2.0, seed=7)
+    assert channel_groups(np.stack([voice, voice * 0.9])) == [[0, 1]]
+    assert channel_groups(np.stack([voice, np.zeros_like(voice)])) == [[0]]
+    assert channel_groups(np.stack([voice, np.zeros_like(voice), voice, other])) == [[0, 2], [3]]
+    short = plan_windows(16000 * 11)
+    assert short.starts == [0] and short.length == 16000 * 11
+    long = plan_windows(16000 * 70)
+    assert len(long.starts) == 3 and long.length == 16000 * 30
+    assert long.starts[-1] + long.length == 16000 * 70  # covers the end, windows overlap
+
+
+def test_codec_roundtrip_is_aligned() -> None:
+    x = np.stack([_speechlike(44100, 3.0), _speechlike(44100, 3.0, seed=3)])
+    y = aac_roundtrip(x, 44100, "128k")
+    assert y.shape == x.shape
+    assert snr_db(x, y) > 15  # aligned: a misaligned decode would be near 0 dB
+
+
+@pytest.fixture(scope="module")
+def protector(tmp_path_factory):
+    settings = load_settings(base_dir=tmp_path_factory.mktemp("audio"), model_cache_dir=MODEL_CACHE, torch_threads=2)
+    return settings, create(settings, ModelRegistry(settings), AttackConfig(extra={"weak": 4, "medium": 4}))
+
+
+def test_protect_track_keeps_shape_rate_and_stereo_image(protector, shared_data) -> None:
+    settings, prot = protector
+    voice = load_pcm(shared_data / "audio" / "LJ002-0020.wav", rate=48000)
+    pcm = np.stack([voice, 0.5 * voice])  # panned left
+    ctx = AudioContext(settings=settings, level="medium", sample_rate=48000, channels=2, cancel=CancelToken())
+    prot.prepare(ctx)
+    out = prot.protect_track(pcm, ctx)
+    assert out.shape == pcm.shape and out.dtype == np.float32
+    for c in range(2):
+        assert snr_db(pcm[c], out[c]) >= 35.0
+        assert _sliding_worst_snr(pcm[c], out[c], 48000) >= 35.0 - 0.5
+    # One shared perturbation under both channels: the panning (level ratio) is kept.
+    ratio = np.sqrt(np.mean(out[1] ** 2) / np.mean(out[0] ** 2))
+    assert abs(ratio - 0.5) < 0.01
+    assert ctx.stats["snr_floor_db"] == 35.0 and ctx.stats["groups"][0]["channels"] == [0, 1]
+    assert ctx.stats["perturbation_worst_1s_snr_db"] >= 35.0
+    assert ctx.stats["groups"][0]["loss_last"] < ctx.stats["groups"][0]["loss_first"]
+
+
+def test_cancel_stops_the_optimisation(protector) -> None:
+    settings, prot = protector
+    token = CancelToken()
+    token.cancel()
+    ctx = AudioContext(settings=settings, level="weak", sample_rate=16000, channels=1, cancel=token)
+    with pytest.raises(Cancelled):
+        prot.protect_track(_speechlike(16000, 2.0)[None], ctx)
+
+
+@pytest.mark.slow
+def test_weak_level_changes_whisper_transcript_after_aac(tmp_path, shared_data) -> None:
+    from media_cleaner.evaluate.speech import encode_aac, speech_efficacy
+
+    settings = load_settings(base_dir=tmp_path, model_cache_dir=MODEL_CACHE, torch_threads=2)
+    prot = create(settings, ModelRegistry(settings))
+    source = shared_data / "audio" / "english.wav"
+    pcm = load_pcm(source, rate=44100)[None]
+    ctx = AudioContext(settings=settings, level="weak", sample_rate=44100, channels=1, cancel=CancelToken())
+    out = prot.protect_track(pcm, ctx)
+    assert snr_db(pcm, out) >= 40.0
+    original, protected = encode_aac(pcm, 44100, tmp_path / "o.m4a"), encode_aac(out, 44100, tmp_path / "p.m4a")
+    result = speech_efficacy(original, protected, settings, reference="one two three")
+    assert result["whisper"]["wer_original"] == 0.0
+    assert result["whisper"]["wer_protected"] >= 0.5, result["whisper"]
