@@ -31,7 +31,7 @@ class AttackConfig:
     """Defaults are the measured best at the weak level on this CPU (see README, "Audio protection")."""
 
     snr_db: float = 40.0
-    steps: int = 12
+    steps: int = 24
     lr: float = 0.6
     objective: str = "untargeted"  # untargeted | silence | phrase
     phrase: str = ""

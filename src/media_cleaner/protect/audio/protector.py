@@ -22,7 +22,7 @@ from media_cleaner.protect.audio.surrogate import SAMPLE_RATE, WhisperSurrogate
 from media_cleaner.protect.base import AudioContext
 
 # Optimisation steps per level: a lower SNR floor gets more steps as well as more energy.
-LEVEL_STEPS = {"weak": 12, "medium": 16, "strong": 20}
+LEVEL_STEPS = {"weak": 24, "medium": 28, "strong": 32}
 SILENT_DBFS = -60.0  # a channel (group) quieter than this carries no speech worth protecting
 GROUP_CORRELATION = 0.8  # channels this correlated with the mix share one perturbation (keeps the image)
 

@@ -1,0 +1,242 @@
+"""Audio protection benchmark: efficacy, quality and speed per clip and level, on the AAC-encoded output.
+
+For each clip the first audio track is decoded at its own rate, protected, and written as the product writes it
+(AAC at `audio_bitrate`, PyAV); the "protection-off" output is the same encode of the untouched track. Both files
+are decoded and scored with Whisper base (faster-whisper, int8: the attacked model) and PocketSphinx (never seen
+by the attack). Prints a table, writes bench/results/protect_audio.json.
+
+    python bench/protect_audio.py                       # every clip, weak level
+    python bench/protect_audio.py --levels weak,medium,strong --clips jfk
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from media_cleaner.config import load_settings
+from media_cleaner.evaluate.quality import finite, snr_db, worst_window_snr_db
+from media_cleaner.evaluate.speech import encode_aac, load_pcm, speech_efficacy
+from media_cleaner.models.registry import ModelRegistry
+from media_cleaner.progress import CancelToken
+from media_cleaner.protect.audio import create
+from media_cleaner.protect.audio.codec import _lag
+from media_cleaner.protect.base import AudioContext
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+COMMAND = {"b": "bin", "l": "lay", "p": "place", "s": "set"}
+COLOUR = {"b": "blue", "g": "green", "r": "red", "w": "white"}
+PREPOSITION = {"a": "at", "b": "by", "i": "in", "w": "with"}
+DIGIT = {"z": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six"}
+DIGIT.update({"7": "seven", "8": "eight", "9": "nine"})
+ADVERB = {"a": "again", "n": "now", "p": "please", "s": "soon"}
+
+
+def grid_transcript(name: str) -> str:
+    """GRID file names spell the sentence: command colour preposition letter digit adverb."""
+    code = name.split("_")[-1].split(".")[0]
+    c, col, prep, letter, digit, adv = code[:6]
+    return " ".join([COMMAND[c], COLOUR[col], PREPOSITION[prep], letter, DIGIT[digit], ADVERB[adv]])
+
+
+def clips() -> list[tuple[str, Path, str | None]]:
+    audio = DATA / "audio"
+    out: list[tuple[str, Path, str | None]] = [
+        ("jfk", audio / "jfk.flac", JFK),
+        ("LJ002-0020", audio / "LJ002-0020.wav", "In eighteen thirteen"),
+        ("english", audio / "english.wav", "one two three"),
+        ("common_voice", audio / "common_voice_en_651325.mp3", None),
+        ("librispeech_2412", audio / "2412-153948-0001.flac", None),
+    ]
+    for path in sorted((DATA / "video").glob("grid_*.mpg")):
+        out.append((path.stem, path, grid_transcript(path.name)))
+    out.append(("bench_720p", DATA / "bench" / "talking_crowd_720p.mp4", JFK))
+    out.append(("multilingual_60s", audio / "multilingual.mp3", None))
+    return [c for c in out if c[1].is_file()]
+
+
+def decode_native(path: Path) -> tuple[np.ndarray, int]:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        rate, layout = stream.codec_context.sample_rate, stream.codec_context.layout.name
+        channels = stream.codec_context.channels
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        chunks = [
+            f.to_ndarray().reshape(channels, -1) for fr in container.decode(stream) for f in resampler.resample(fr)
+        ]
+        chunks += [f.to_ndarray().reshape(channels, -1) for f in resampler.resample(None)]
+    return np.concatenate(chunks, axis=1).astype(np.float32), rate
+
+
+def end_to_end_snr(original: np.ndarray, rate: int, path: Path) -> float | None:
+    """The delivered file (decoded, aligned) against the original PCM, mono mix at the original rate."""
+    decoded = load_pcm(path, rate=rate)
+    ref = original.mean(axis=0)
+    lag = _lag(ref, decoded, 4096)
+    decoded = decoded[lag:] if lag >= 0 else np.pad(decoded, (-lag, 0))
+    n = min(ref.shape[0], decoded.shape[0])
+    return finite(snr_db(ref[:n], decoded[:n]), 2)
+
+
+def perceptual(original: np.ndarray, rate: int, path: Path) -> dict[str, float | None]:
+    """STOI (pystoi) and wide-band PESQ (pesq) of the delivered file against the original, 16 kHz mono."""
+    from scipy.signal import resample_poly
+
+    ref = resample_poly(original.mean(axis=0), 16000, rate).astype(np.float32)
+    test = load_pcm(path)
+    lag = _lag(ref, test, 4096)
+    test = test[lag:] if lag >= 0 else np.pad(test, (-lag, 0))
+    n = min(ref.shape[0], test.shape[0])
+    out: dict[str, float | None] = {"stoi": None, "pesq_wb": None}
+    try:
+        from pystoi import stoi
+
+        out["stoi"] = round(float(stoi(ref[:n], test[:n], 16000, extended=False)), 4)
+    except Exception:  # noqa: BLE001 - an optional measure must not sink the benchmark
+        pass
+    try:
+        from pesq import pesq
+
+        out["pesq_wb"] = round(float(pesq(16000, ref[:n], test[:n], "wb")), 3)
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def sliding_worst(original: np.ndarray, protected: np.ndarray, rate: int) -> float | None:
+    """Worst perturbation SNR over every 1 s window (hop 0.1 s) with speech, per channel."""
+    size, hop = rate, rate // 10
+    worst = math.inf
+    for c in range(original.shape[0]):
+        ref = original[c].astype(np.float64)
+        noise = protected[c].astype(np.float64) - ref
+        starts = range(0, max(1, ref.shape[0] - size + 1), hop)
+        sig = np.array([np.mean(ref[s : s + size] ** 2) for s in starts])
+        pn = np.array([np.mean(noise[s : s + size] ** 2) for s in starts])
+        active = sig >= sig.max() * 1e-3
+        if np.any(active & (pn > 0)):
+            worst = min(worst, float(np.min(10 * np.log10(sig[active] / np.maximum(pn[active], 1e-30)))))
+    return finite(worst, 2)
+
+
+def run(levels: list[str], names: set[str] | None, out_path: Path) -> list[dict]:
+    settings = load_settings(torch_threads=int(os.environ.get("BENCH_THREADS", "2")))
+    protector = create(settings, ModelRegistry(settings))
+    rows: list[dict] = []
+    work = Path(tempfile.mkdtemp(prefix="bench_audio_"))
+    for name, path, reference in clips():
+        if names and name not in names:
+            continue
+        pcm, rate = decode_native(path)
+        duration = pcm.shape[1] / rate
+        plain = encode_aac(pcm, rate, work / f"{name}_off.m4a", settings.audio_bitrate)
+        for level in levels:
+            ctx = AudioContext(
+                settings=settings, level=level, sample_rate=rate, channels=pcm.shape[0], cancel=CancelToken()
+            )
+            protector.prepare(ctx)
+            load = os.getloadavg()[0]
+            started = time.perf_counter()
+            protected = protector.protect_track(pcm, ctx)
+            seconds = time.perf_counter() - started
+            out_file = encode_aac(protected, rate, work / f"{name}_{level}.m4a", settings.audio_bitrate)
+            efficacy = speech_efficacy(plain, out_file, settings, reference)
+            row = {
+                "clip": name,
+                "file": str(path.relative_to(DATA)),
+                "duration_s": round(duration, 2),
+                "rate": rate,
+                "channels": pcm.shape[0],
+                "level": level,
+                "whisper_wer_original": efficacy["whisper"]["wer_original"],
+                "whisper_wer_protected": efficacy["whisper"]["wer_protected"],
+                "whisper_protected_text": efficacy["whisper"]["protected_text"],
+                "unseen_wer_original": efficacy["unseen"]["wer_original"],
+                "unseen_wer_protected": efficacy["unseen"]["wer_protected"],
+                "unseen_wer_vs_own_original": efficacy["unseen"]["wer_vs_own_original"],
+                "reference": efficacy["whisper"]["reference"],
+                "perturbation_snr_db": finite(snr_db(pcm, protected), 2),
+                "perturbation_worst_1s_snr_db": finite(worst_window_snr_db(pcm, protected, rate, 1.0), 2),
+                "perturbation_worst_sliding_1s_snr_db": sliding_worst(pcm, protected, rate),
+                "output_snr_db": end_to_end_snr(pcm, rate, out_file),
+                "protection_off_output_snr_db": end_to_end_snr(pcm, rate, plain),
+                **perceptual(pcm, rate, out_file),
+                "protect_seconds": round(seconds, 2),
+                "realtime_factor": round(seconds / duration, 3),
+                "load_average_1min": round(load, 2),
+                "steps": ctx.stats.get("steps"),
+                "efficacy": efficacy,
+            }
+            rows.append(row)
+            print(_line(row), flush=True)
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(_document(rows), indent=2))
+    return rows
+
+
+HEADER = (
+    f"{'clip':<22}{'level':<8}{'dur':>6}{'W orig':>8}{'W prot':>8}{'PS orig':>8}{'PS prot':>8}"
+    f"{'SNR':>7}{'worst':>7}{'out':>7}{'off':>7}{'STOI':>7}{'PESQ':>6}{'RTF':>7}"
+)
+
+
+def _line(r: dict) -> str:
+    def f(v, fmt):
+        return format(v, fmt) if isinstance(v, int | float) else "-"
+
+    return (
+        f"{r['clip'][:21]:<22}{r['level']:<8}{r['duration_s']:>6.1f}{f(r['whisper_wer_original'], '>8.2f')}"
+        f"{f(r['whisper_wer_protected'], '>8.2f')}{f(r['unseen_wer_original'], '>8.2f')}"
+        f"{f(r['unseen_wer_protected'], '>8.2f')}{f(r['perturbation_snr_db'], '>7.1f')}"
+        f"{f(r['perturbation_worst_sliding_1s_snr_db'], '>7.1f')}{f(r['output_snr_db'], '>7.1f')}"
+        f"{f(r['protection_off_output_snr_db'], '>7.1f')}{f(r['stoi'], '>7.3f')}{f(r['pesq_wb'], '>6.2f')}"
+        f"{f(r['realtime_factor'], '>7.2f')}"
+    )
+
+
+def _document(rows: list[dict]) -> dict:
+    summary = {}
+    for level in sorted({r["level"] for r in rows}):
+        sel = [r for r in rows if r["level"] == level]
+        summary[level] = {
+            "clips": len(sel),
+            "whisper_wer_protected_min": min(r["whisper_wer_protected"] for r in sel),
+            "whisper_wer_protected_mean": round(float(np.mean([r["whisper_wer_protected"] for r in sel])), 4),
+            "unseen_wer_protected_mean": round(float(np.mean([r["unseen_wer_protected"] for r in sel])), 4),
+            "unseen_wer_original_mean": round(float(np.mean([r["unseen_wer_original"] for r in sel])), 4),
+            "realtime_factor_total": round(
+                sum(r["protect_seconds"] for r in sel) / sum(r["duration_s"] for r in sel), 3
+            ),
+        }
+    return {
+        "what": "audio protection on the AAC-encoded output (PyAV, settings.audio_bitrate)",
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "summary": summary,
+        "rows": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default="weak")
+    parser.add_argument("--clips", default="", help="comma-separated clip names (default: all)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "protect_audio.json"))
+    args = parser.parse_args()
+    print(HEADER)
+    rows = run(args.levels.split(","), set(filter(None, args.clips.split(","))) or None, Path(args.out))
+    print(json.dumps(_document(rows)["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
