@@ -45,11 +45,11 @@ def test_pixel_bound_from_epsilon() -> None:
 
 
 def test_bound_shaping_and_stats(settings: Settings, shared_data: Path) -> None:
-    frames = grid_frames(shared_data, 8)
+    frames = grid_frames(shared_data, 6)
     protector = create(settings, ModelRegistry(settings), FAST)
     ctx = context(settings, frames)
     protector.prepare(ctx)
-    out = np.concatenate([protector.protect_batch(frames[:5], ctx), protector.protect_batch(frames[5:], ctx)])
+    out = np.concatenate([protector.protect_batch(frames[:4], ctx), protector.protect_batch(frames[4:], ctx)])
     protector.finish(ctx)
     assert out.shape == frames.shape and out.dtype == np.uint8
     diff = out.astype(int) - frames
@@ -61,7 +61,7 @@ def test_bound_shaping_and_stats(settings: Settings, shared_data: Path) -> None:
     assert (diff != 0).mean() < 0.6
     stats = ctx.stats
     assert stats["pixel_bound"] == pytest.approx(6.916, abs=1e-3)
-    assert stats["frames"] == 8 and stats["steps"] >= FAST.first_steps
+    assert stats["frames"] == 6 and stats["steps"] >= FAST.first_steps
     assert stats["faces_found_on_key_frames"] >= 2
     assert stats["flicker_mean_abs"] < 1.0  # one perturbation per group, moving with the face
 
@@ -101,7 +101,7 @@ def test_engine_protect_writes_a_protected_file(settings: Settings, shared_data:
     from media_cleaner.engine import ProtectionOptions, Protectors, protect  # noqa: PLC0415
 
     source = tmp_path / "grid_1s.mp4"
-    frames = grid_frames(shared_data, 12)
+    frames = grid_frames(shared_data, 6)
     with av.open(str(source), "w") as o:
         s = o.add_stream("libx264", rate=25)
         s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
@@ -111,7 +111,8 @@ def test_engine_protect_writes_a_protected_file(settings: Settings, shared_data:
                 o.mux(p)
         for p in s.encode():
             o.mux(p)
-    protectors = Protectors(video=create(settings, ModelRegistry(settings), FAST))
+    config = VideoAttackConfig(group=6, first_steps=3, steps=1, extra_steps=0)
+    protectors = Protectors(video=create(settings, ModelRegistry(settings), config))
     out = tmp_path / "out.mp4"
     report = protect(source, out, ProtectionOptions(protect_audio=False), settings=settings, protectors=protectors)
     assert out.is_file()

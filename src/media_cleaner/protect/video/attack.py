@@ -25,13 +25,13 @@ class LossConfig:
     pnet_margin: float = 1.5  # push P-Net's logit difference below threshold - margin
     rnet_margin: float = 2.0
     onet_margin: float = 3.0
-    rnet_boxes: int = 6
-    onet_boxes: int = 5
+    rnet_boxes: int = 4
+    onet_boxes: int = 4
     jitter: float = 0.12  # box centre jitter, in face sizes
     size_range: tuple[float, float] = (0.8, 1.3)
     pnet_face_px: tuple[float, float] = (7.0, 48.0)  # pyramid levels where the face is this tall
     pnet_weight: float = 0.1  # per P-Net cell above the margin
-    hard_boxes: int = 6  # at most this many of the detector's own candidates per stage (from the last check)
+    hard_boxes: int = 4  # at most this many of the detector's own candidates per stage (from the last check)
 
 
 def square(box: tuple[float, float, float, float]) -> tuple[float, float, float]:

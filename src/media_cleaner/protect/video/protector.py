@@ -30,10 +30,10 @@ SIGMA = 0.226  # ImageNet std: epsilon x SIGMA x 255 = the bound in 8-bit levels
 
 @dataclass
 class VideoAttackConfig:
-    group: int = 10  # frames sharing one key-frame detection and one optimisation round
-    first_steps: int = 24  # steps for a face seen for the first time
-    steps: int = 6  # warm-started steps per later group
-    extra_steps: int = 12  # more steps, in rounds of `steps`, while the check still finds a face
+    group: int = 12  # frames sharing one key-frame detection and one optimisation round
+    first_steps: int = 16  # steps for a face seen for the first time
+    steps: int = 4  # warm-started steps per later group
+    extra_steps: int = 8  # more steps, in rounds of `steps`, while the check still finds a face
     step_frac: float = 0.15  # sign-gradient step as a fraction of the bound
     region_margin: float = 0.4  # context around the face box, in face sizes (R-/O-Net jitter and P-Net windows)
     resolution: int = 40  # texels across a face region: low frequency survives H.264, chroma 4:2:0 and the pyramid
