@@ -81,7 +81,7 @@ def decode_native(path: Path) -> tuple[np.ndarray, int]:
 
 def end_to_end_snr(original: np.ndarray, rate: int, path: Path) -> float | None:
     """The delivered file (decoded, aligned) against the original PCM, mono mix at the original rate."""
-    decoded = load_pcm(path, rate=rate)
+    decoded = decode_native(path)[0].mean(axis=0)  # our own mean: ffmpeg's mono downmix scales by 1/sqrt(2)
     ref = original.mean(axis=0)
     lag = _lag(ref, decoded, 4096)
     decoded = decoded[lag:] if lag >= 0 else np.pad(decoded, (-lag, 0))

@@ -131,17 +131,23 @@ def test_cancel_stops_the_optimisation(protector) -> None:
 
 
 @pytest.mark.slow
-def test_weak_level_changes_whisper_transcript_after_aac(tmp_path, shared_data) -> None:
+def test_weak_level_defeats_whisper_after_aac(tmp_path, shared_data) -> None:
     from media_cleaner.evaluate.speech import encode_aac, speech_efficacy
 
     settings = load_settings(base_dir=tmp_path, model_cache_dir=MODEL_CACHE, torch_threads=2)
     prot = create(settings, ModelRegistry(settings))
-    source = shared_data / "audio" / "english.wav"
-    pcm = load_pcm(source, rate=44100)[None]
-    ctx = AudioContext(settings=settings, level="weak", sample_rate=44100, channels=1, cancel=CancelToken())
+    source = shared_data / "video" / "grid_bbaf2n.mpg"  # 3 s, 44.1 kHz stereo, "bin blue at f two now"
+    import av
+
+    with av.open(str(source)) as container:
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=44100)
+        chunks = [f.to_ndarray().reshape(2, -1) for fr in container.decode(stream) for f in resampler.resample(fr)]
+    pcm = np.concatenate(chunks, axis=1)
+    ctx = AudioContext(settings=settings, level="weak", sample_rate=44100, channels=2, cancel=CancelToken())
     out = prot.protect_track(pcm, ctx)
     assert snr_db(pcm, out) >= 40.0
-    original, protected = encode_aac(pcm, 44100, tmp_path / "o.m4a"), encode_aac(out, 44100, tmp_path / "p.m4a")
-    result = speech_efficacy(original, protected, settings, reference="one two three")
-    assert result["whisper"]["wer_original"] == 0.0
-    assert result["whisper"]["wer_protected"] >= 0.5, result["whisper"]
+    original = encode_aac(pcm, 44100, tmp_path / "o.m4a")
+    protected = encode_aac(out, 44100, tmp_path / "p.m4a")
+    result = speech_efficacy(original, protected, settings, reference="bin blue at f two now")["whisper"]
+    assert result["wer_protected"] >= 0.8 and result["wer_protected"] > result["wer_original"], result

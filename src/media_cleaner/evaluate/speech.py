@@ -35,6 +35,13 @@ def load_pcm(path: str | Path, rate: int = RATE, stream: int = 0) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
 
 
+def _has_audio(path: str | Path) -> bool:
+    import av
+
+    with av.open(str(path)) as container:
+        return bool(container.streams.audio)
+
+
 @lru_cache(maxsize=1)
 def _normaliser():
     from whisper.normalizers import EnglishTextNormalizer
@@ -132,6 +139,8 @@ def speech_efficacy(
     stream: int = 0,
 ) -> dict[str, Any]:
     """WER of Whisper base (attacked) and PocketSphinx (never seen by the attack) on both files' decoded audio."""
+    if not (_has_audio(original_path) and _has_audio(protected_path)):
+        return {"available": True, "skipped": "no audio stream in one of the files"}
     original, protected = load_pcm(original_path, stream=stream), load_pcm(protected_path, stream=stream)
     return speech_efficacy_pcm(original, protected, settings, reference)
 
