@@ -244,3 +244,47 @@ def test_refuses_to_overwrite_input(tmp_path: Path, settings: Settings) -> None:
     with pytest.raises(ValueError, match="overwrite the input"):
         protect(source, tmp_path / "." / "in.mp4", settings=settings, protectors=Protectors())
     assert source.read_bytes() == before
+
+
+class MaskFaces:
+    """Paints every frame mid-grey: no detector can find a face in it, so efficacy must read as fully suppressed."""
+
+    name = "grey"
+
+    def prepare(self, ctx) -> None:
+        pass
+
+    def protect_batch(self, frames: np.ndarray, ctx) -> np.ndarray:
+        return np.full_like(frames, 128)
+
+    def finish(self, ctx) -> None:
+        pass
+
+
+def test_efficacy_measured_on_delivered_file(shared_data: Path, tmp_path: Path, settings: Settings) -> None:
+    out = tmp_path / "grid_protected.mp4"
+    options = ProtectionOptions(measure_efficacy=True)
+    report = protect(
+        shared_data / "video" / "grid_bbaf2n.mpg",
+        out,
+        options,
+        settings=settings,
+        protectors=Protectors(video=MaskFaces(), audio=NoiseAudio()),
+    )
+    faces = report.efficacy["faces"]
+    # GRID: one frontal face in every frame; sampled at 2 frames per second of the 3 s clip.
+    assert faces["mtcnn"]["frames"] == 7
+    assert faces["mtcnn"]["frames_with_face_original"] == 7
+    assert faces["mtcnn"]["frames_with_face_protected"] == 0
+    assert faces["haar"]["frames_with_face_protected"] == 0
+    speech = report.efficacy["speech"]
+    assert {"whisper", "unseen"} <= set(speech)
+    assert speech["whisper"]["original_text"]
+    assert report.timings["efficacy"] > 0
+    json.dumps(report.to_dict())
+
+
+def test_efficacy_off_by_default(tmp_path: Path, settings: Settings) -> None:
+    source = make_clip(tmp_path / "in.mp4", frames=5)
+    report = protect(source, tmp_path / "out.mp4", settings=settings, protectors=Protectors(video=ShiftVideo()))
+    assert report.efficacy == {}

@@ -51,6 +51,11 @@ def _add_protect(sub: Any) -> None:
     p.add_argument("--crf", type=int, help="H.264 CRF (default from config: 18)")
     p.add_argument("--preset", help="x264 preset (default from config: medium)")
     p.add_argument("--no-quality", action="store_true", help="skip measuring the delivered file against the input")
+    p.add_argument(
+        "--efficacy",
+        action="store_true",
+        help="also run the face detectors and recognisers on the delivered file (sampled) and report them",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_protect)
@@ -70,6 +75,7 @@ def _protect(args: argparse.Namespace, settings: Settings) -> int:
         keep_metadata=args.keep_metadata or settings.keep_metadata,
         crf=args.crf,
         measure_quality=not args.no_quality,
+        measure_efficacy=args.efficacy,
     )
     output = args.output or default_output(args.input)
     bar = _ProgressBar(enabled=not args.quiet)

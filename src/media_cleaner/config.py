@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     video_preset: str = "medium"
     audio_bitrate: str = "128k"
     keep_metadata: bool = False
+    measure_efficacy: bool = True  # server jobs: sample detectors/recognisers on the delivered file
 
     # Security.
     api_keys: dict[str, str] = Field(default_factory=dict)  # key -> user id; empty -> auth off

@@ -33,6 +33,7 @@ class ProtectionOptions:
     keep_metadata: bool = False
     crf: int | None = None  # None -> settings.video_crf
     measure_quality: bool = True
+    measure_efficacy: bool = False  # run the face detectors and recognisers on the delivered file (sampled)
 
     def __post_init__(self) -> None:
         self.audio_level = normalise_audio_level(self.audio_level)
@@ -251,9 +252,42 @@ def _run(
             report.quality["encoded"] = {"error": f"{type(exc).__name__}: {exc}"}
             report.notes.append(f"measuring the delivered file failed: {exc}")
         report.timings["quality"] = _elapsed(t0)
+    if options.measure_efficacy and (report.video or report.audio):
+        progress(1.0 - quality_share / 2, "efficacy")
+        t0 = time.perf_counter()
+        report.efficacy = _measure_efficacy(input_path, output_path, info, report, settings)
+        report.timings["efficacy"] = _elapsed(t0)
     report.timings["total"] = _elapsed(started)
     progress(1.0, "done")
     return report
+
+
+# Efficacy on the delivered file is a sample, not a census: it must cost little next to the protection itself.
+EFFICACY_FRAMES_PER_SECOND = 2.0
+EFFICACY_MAX_FRAMES = 40
+
+
+def _measure_efficacy(
+    input_path: Path, output_path: Path, info: Any, report: ProtectionReport, settings: Settings
+) -> dict[str, Any]:
+    """Detectors and recognisers on original vs delivered file, for the modalities that were protected."""
+    result: dict[str, Any] = {}
+    try:
+        if report.video:
+            from media_cleaner.evaluate.faces import face_efficacy
+
+            every = max(1, round(info.video.fps / EFFICACY_FRAMES_PER_SECOND))
+            result["faces"] = face_efficacy(
+                input_path, output_path, settings, every=every, max_frames=EFFICACY_MAX_FRAMES
+            )
+        if report.audio:
+            from media_cleaner.evaluate.speech import speech_efficacy
+
+            result["speech"] = speech_efficacy(input_path, output_path, settings)
+    except (MediaCleanerError, ValueError, OSError, RuntimeError) as exc:  # the output is good; only a check failed
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        report.notes.append(f"measuring efficacy on the delivered file failed: {exc}")
+    return result
 
 
 def _elapsed(t0: float) -> float:

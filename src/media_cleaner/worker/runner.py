@@ -120,6 +120,7 @@ def run_task(ctx: WorkerContext, task: Task) -> str:
         protect_video=task.protect_video,
         protect_audio=task.protect_audio,
         keep_metadata=ctx.settings.keep_metadata,
+        measure_efficacy=ctx.settings.measure_efficacy,
     )
     tlog.info(
         "start attempt %d on %s: %s (%d bytes) epsilon=%g audio=%s video=%s audio_on=%s",
