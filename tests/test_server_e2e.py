@@ -37,8 +37,8 @@ def clip() -> Path:
 
 @pytest.fixture(scope="module")
 def long_clip() -> Path:
-    """~10-20 s of real work without models: 11 s of 720p decoded, re-encoded and measured."""
-    path = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "bench" / "talking_crowd_720p.mp4"
+    """~10-60 s of real work without models: 11 s of 1080p decoded, re-encoded and measured."""
+    path = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "bench" / "talking_crowd_1080p.mp4"
     if not path.is_file():
         pytest.skip("shared bench clip missing")
     return path
@@ -192,9 +192,14 @@ def test_cancel_running_task_stops_it(server: ServerProcess, long_clip: Path, cl
 
 
 def test_kill_9_worker_mid_task_then_task_finishes(server: ServerProcess, long_clip: Path) -> None:
-    task_id = server.upload(long_clip, **FAST)["task_id"]
-    server.wait(task_id, until=_processing, timeout=120)
-    pid = server.worker_pid(task_id)
+    pid = None
+    for _ in range(3):  # on a fast machine a task may finish before we catch it running: try another
+        task_id = server.upload(long_clip, **FAST)["task_id"]
+        server.wait(task_id, until=_processing, timeout=120)
+        pid = server.worker_pid(task_id)
+        if pid:
+            break
+        server.wait(task_id, timeout=300)
     assert pid
     os.kill(pid, signal.SIGKILL)
     task = server.wait(task_id, timeout=300)

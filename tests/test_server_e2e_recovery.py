@@ -21,7 +21,7 @@ SHARED = REPO.parent / "shared" / "data"
 
 @pytest.fixture(scope="module")
 def long_clip() -> Path:
-    path = SHARED / "bench" / "talking_crowd_720p.mp4"
+    path = SHARED / "bench" / "talking_crowd_1080p.mp4"
     if not path.is_file():
         pytest.skip("shared bench clip missing")
     return path
