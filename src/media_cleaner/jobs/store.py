@@ -170,14 +170,22 @@ class TaskStore:
         with self._read() as session:
             if session.scalar(select(Task.id).where(Task.status == TaskStatus.PENDING).limit(1)) is None:
                 return None
-        now = utcnow()
         oldest = select(Task.id).where(Task.status == TaskStatus.PENDING).order_by(Task.created_at, Task.id).limit(1)
         if self.engine.dialect.name == "postgresql":
             oldest = oldest.with_for_update(skip_locked=True)
+        return self._claim_where(Task.id == oldest.scalar_subquery(), worker_id)
+
+    def claim_task(self, task_id: str, worker_id: str) -> Task | None:
+        """Move one given task from pending to processing for `worker_id` (a queue that picked the task itself)."""
+        return self._claim_where(Task.id == task_id, worker_id)
+
+    def _claim_where(self, which: Any, worker_id: str) -> Task | None:
+        """The one claim: a conditional UPDATE of a pending row, so two workers can never both win it."""
+        now = utcnow()
         with self._write() as session:
             claimed = session.execute(
                 update(Task)
-                .where(Task.id == oldest.scalar_subquery(), Task.status == TaskStatus.PENDING)
+                .where(which, Task.status == TaskStatus.PENDING)
                 .values(
                     status=TaskStatus.PROCESSING,
                     worker_id=worker_id,

@@ -23,13 +23,12 @@ from typing import Any
 import procrastinate
 from procrastinate import exceptions as pexc
 from procrastinate.job_context import AbortReason, JobContext
-from sqlalchemy import text, update
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
 
 from media_cleaner.config import Settings
 from media_cleaner.jobs.backend import QueueBackend
-from media_cleaner.jobs.models import Task, TaskStatus, WorkerRow, utcnow
+from media_cleaner.jobs.models import Task, TaskStatus, utcnow
 from media_cleaner.jobs.store import TaskStore
 from media_cleaner.logs import QUEUE_LOGGER
 
@@ -148,33 +147,6 @@ class JobStop:
         return self.process_stop.wait(timeout)
 
 
-def claim_task(store: TaskStore, task_id: str, worker_id: str) -> Task | None:
-    """Move `task_id` from pending to processing for `worker_id` (the local executor's claim, for one given row)."""
-    now = utcnow()
-    with Session(store.engine.execution_options(sqlite_immediate=True), expire_on_commit=False) as session:
-        with session.begin():
-            claimed = session.execute(
-                update(Task)
-                .where(Task.id == task_id, Task.status == TaskStatus.PENDING)
-                .values(
-                    status=TaskStatus.PROCESSING,
-                    worker_id=worker_id,
-                    attempts=Task.attempts + 1,
-                    started_at=now,
-                    heartbeat_at=now,
-                    progress=0.0,
-                    phase="starting",
-                    error_code=None,
-                    error_message=None,
-                )
-                .returning(Task.id)
-            ).scalar()
-            if claimed is None:
-                return None
-            session.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(current_task_id=claimed))
-        return session.get(Task, claimed)
-
-
 def acquire(rt: WorkerRuntime, task_id: str, worker_id: str) -> Task | None:
     """Claim the row this job is about. A row still `processing` under a silent worker (killed mid-task) goes back
     through the store's recovery (pending, or failed after max_attempts) first. A row under a live worker (a local
@@ -189,7 +161,7 @@ def acquire(rt: WorkerRuntime, task_id: str, worker_id: str) -> Task | None:
         if task is None or task.terminal:
             return None
         if task.status == TaskStatus.PENDING:
-            claimed = claim_task(rt.store, task_id, worker_id)
+            claimed = rt.store.claim_task(task_id, worker_id)
             if claimed is not None:
                 return claimed
             continue  # someone else moved it meanwhile: look again
