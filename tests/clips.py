@@ -130,3 +130,17 @@ def rotate_with_ffmpeg(source: Path, target: Path, degrees: int) -> Path | None:
     if subprocess.run([*new, str(target)], capture_output=True).returncode != 0:
         subprocess.run([*old, str(target)], check=True, capture_output=True)
     return target
+
+
+def write_frames(path: Path, frames: np.ndarray, *, crf: int = 18, fps: int = 25) -> Path:
+    """Encode RGB frames (N,H,W,3) as H.264 yuv420p at `crf`: a clip whose content the test chose exactly."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

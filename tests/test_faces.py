@@ -4,33 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 
+from clips import write_frames
 from media_cleaner.config import Settings
 from media_cleaner.evaluate.faces import decoded_frames, face_efficacy, haar_detector
-
-
-def write(path: Path, frames: np.ndarray) -> Path:
-    with av.open(str(path), "w") as o:
-        s = o.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        s.options = {"crf": "18"}
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                o.mux(p)
-        for p in s.encode():
-            o.mux(p)
-    return path
 
 
 def test_faces_removed_vs_kept(settings: Settings, shared_data: Path, tmp_path: Path) -> None:
     frames = np.stack(list(decoded_frames(shared_data / "video" / "grid_bbaf2n.mpg", every=20)))
     assert len(frames) == 4
-    original = write(tmp_path / "original.mp4", frames)
+    original = write_frames(tmp_path / "original.mp4", frames)
     hidden = frames.copy()
     hidden[2:, :, 60:300] = 128  # the head painted over in the last two frames
-    protected = write(tmp_path / "protected.mp4", hidden)
+    protected = write_frames(tmp_path / "protected.mp4", hidden)
     result = face_efficacy(original, protected, settings)
     for name in ("mtcnn", "haar"):
         r = result[name]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from clips import write_frames
 from media_cleaner.config import Settings
 from media_cleaner.evaluate.quality import psnr
 from media_cleaner.models.mtcnn import normalise
@@ -102,15 +103,7 @@ def test_engine_protect_writes_a_protected_file(settings: Settings, shared_data:
 
     source = tmp_path / "grid_1s.mp4"
     frames = grid_frames(shared_data, 6)
-    with av.open(str(source), "w") as o:
-        s = o.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        s.options = {"crf": "12"}
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                o.mux(p)
-        for p in s.encode():
-            o.mux(p)
+    write_frames(source, frames, crf=12)
     config = VideoAttackConfig(group=6, first_steps=3, steps=1, extra_steps=0)
     protectors = Protectors(video=create(settings, ModelRegistry(settings), config))
     out = tmp_path / "out.mp4"
