@@ -28,17 +28,17 @@ FAST = {"protect_video": "false", "protect_audio": "false"}
 
 
 @pytest.fixture(scope="module")
-def clip() -> Path:
-    path = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "video" / "grid_bbaf2n.mpg"
+def clip(shared_data: Path) -> Path:
+    path = shared_data / "video" / "grid_bbaf2n.mpg"
     if not path.is_file():
         pytest.skip("shared data missing")
     return path
 
 
 @pytest.fixture(scope="module")
-def long_clip() -> Path:
+def long_clip(shared_data: Path) -> Path:
     """~10-60 s of real work without models: 11 s of 1080p decoded, re-encoded and measured."""
-    path = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "bench" / "talking_crowd_1080p.mp4"
+    path = shared_data / "bench" / "talking_crowd_1080p.mp4"
     if not path.is_file():
         pytest.skip("shared bench clip missing")
     return path
