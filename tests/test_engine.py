@@ -277,6 +277,8 @@ def test_efficacy_measured_on_delivered_file(shared_data: Path, tmp_path: Path, 
     assert faces["mtcnn"]["frames_with_face_original"] == 7
     assert faces["mtcnn"]["frames_with_face_protected"] == 0
     assert faces["haar"]["frames_with_face_protected"] == 0
+    # the unseen neural detector (MediaPipe BlazeFace) reports next to Haar
+    assert (faces["blazeface"]["frames_with_face_original"], faces["blazeface"]["frames_with_face_protected"]) == (7, 0)
     speech = report.efficacy["speech"]
     assert {"whisper", "unseen"} <= set(speech)
     assert speech["whisper"]["original_text"]

@@ -1,9 +1,11 @@
 """Face-detection efficacy on decoded files: how often detectors still find a face after protection.
 
-Two detectors: the surrogate the attack optimises against (MTCNN, facenet-pytorch 2.6 weights, its default
-thresholds) and one it never sees: OpenCV's Haar cascade (`haarcascade_frontalface_default.xml`, Viola-Jones, a
-completely different family of detector). Both files are decoded (never the in-memory frames), frame i of one is
-compared with frame i of the other, on every `every`-th frame.
+Three detectors: the surrogate the attack optimises against (MTCNN, facenet-pytorch 2.6 weights, its default
+thresholds) and two it never sees: OpenCV's Haar cascade (`haarcascade_frontalface_default.xml`, Viola-Jones, a
+completely different family of detector) and MediaPipe's full-range BlazeFace (a neural SSD detector, see
+`evaluate.blazeface`), reported under "blazeface" (left out, with the reason under "unavailable", when its runtime
+or weights are not installed). Both files are decoded (never the in-memory frames), frame i of one is compared with
+frame i of the other, on every `every`-th frame.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import cv2
 import numpy as np
 
 from media_cleaner.config import Settings
+from media_cleaner.errors import ModelNotAvailableError
 
 Detector = Callable[[np.ndarray], int]  # RGB frame -> number of faces
 
@@ -59,6 +62,26 @@ def mtcnn_detector(settings: Settings) -> Detector:
     return count
 
 
+def default_detectors(settings: Settings) -> tuple[dict[str, Detector], dict[str, str], dict[str, str]]:
+    """The surrogate and the unseen detectors: (detectors, their descriptions, unavailable ones with the reason)."""
+    detectors: dict[str, Detector] = {"mtcnn": mtcnn_detector(settings), "haar": haar_detector()}
+    described = {
+        "mtcnn": "surrogate (optimised against): MTCNN, facenet-pytorch 2.6 weights, thresholds 0.6/0.7/0.7",
+        "haar": "unseen: OpenCV Haar cascade frontalface_default (scale 1.1, 5 neighbours, min 20 px)",
+    }
+    unavailable: dict[str, str] = {}
+    try:
+        from media_cleaner.evaluate.blazeface import blazeface_detector
+
+        blazeface = blazeface_detector(settings)
+    except (ImportError, ModelNotAvailableError) as exc:  # an optional install: the other two still measure
+        unavailable["blazeface"] = f"{type(exc).__name__}: {exc}"
+    else:
+        detectors["blazeface"] = blazeface
+        described["blazeface"] = blazeface.describe()
+    return detectors, described, unavailable
+
+
 def _summary(original: list[int], protected: list[int]) -> dict[str, Any]:
     n = min(len(original), len(protected))
     o = np.asarray(original[:n]) > 0
@@ -88,7 +111,10 @@ def face_efficacy(
     detectors: dict[str, Detector] | None = None,
 ) -> dict[str, Any]:
     """Fraction of frames with a face found, original vs protected, per detector (decoding both files)."""
-    detectors = detectors or {"mtcnn": mtcnn_detector(settings), "haar": haar_detector()}
+    if detectors:
+        described, unavailable = {name: name for name in detectors}, {}
+    else:
+        detectors, described, unavailable = default_detectors(settings)
     counts: dict[str, tuple[list[int], list[int]]] = {name: ([], []) for name in detectors}
     pairs = zip(
         decoded_frames(original_path, every, max_frames),
@@ -101,11 +127,10 @@ def face_efficacy(
             counts[name][1].append(detect(b if b.shape == a.shape else cv2.resize(b, a.shape[1::-1])))
     result: dict[str, Any] = {
         "sampling": f"every {every} frame(s)" + (f", at most {max_frames}" if max_frames else ""),
-        "detectors": {
-            "mtcnn": "surrogate (optimised against): MTCNN, facenet-pytorch 2.6 weights, thresholds 0.6/0.7/0.7",
-            "haar": "unseen: OpenCV Haar cascade frontalface_default (scale 1.1, 5 neighbours, min 20 px)",
-        },
+        "detectors": described,
     }
+    if unavailable:
+        result["unavailable"] = unavailable
     for name, (o, p) in counts.items():
         result[name] = _summary(o, p)
     return result

