@@ -130,6 +130,7 @@ def fmt(v: Any, spec: str = "") -> str:
 def table(results: dict[str, dict[str, Any]]) -> str:
     head = (
         f"{'clip':7} {'frames':>6} {'MTCNN found o->p':>17} {'still%':>7} {'Haar o->p':>10} {'still%':>7} "
+        f"{'BlazeF o->p':>11} {'still%':>7} "
         f"{'PSNR':>6} {'SSIM':>6} {'e2e on/off dB':>14} {'s/fr':>6} {'x plain':>8}"
     )
     lines = [head, "-" * len(head)]
@@ -137,10 +138,15 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         m, h, q, s = r["efficacy"]["mtcnn"], r["efficacy"]["haar"], r["quality"], r["speed"]
         still_m = None if m["still_found_fraction"] is None else 100 * m["still_found_fraction"]
         still_h = None if h["still_found_fraction"] is None else 100 * h["still_found_fraction"]
+        # the unseen neural detector; absent when its runtime or weights are not installed
+        b = r["efficacy"].get("blazeface", {})
+        still_b = None if b.get("still_found_fraction") is None else 100 * b["still_found_fraction"]
         lines.append(
             f"{name:7} {r['frames']:>6} "
             f"{m['frames_with_face_original']:>8}->{m['frames_with_face_protected']:<8} {fmt(still_m, '.1f'):>7} "
             f"{h['frames_with_face_original']:>4}->{h['frames_with_face_protected']:<5} {fmt(still_h, '.1f'):>7} "
+            f"{fmt(b.get('frames_with_face_original')):>5}->{fmt(b.get('frames_with_face_protected')):<5} "
+            f"{fmt(still_b, '.1f'):>7} "
             f"{fmt(q['perturbation_psnr_db'], '.1f'):>6} {fmt(q['perturbation_ssim_mean'], '.3f'):>6} "
             f"{fmt(q['e2e_psnr_protected_db'], '.1f'):>6}/{fmt(q['e2e_psnr_off_db'], '.1f'):<7} "
             f"{fmt(s['s_per_frame_wall'], '.2f'):>6} {fmt(s['ratio_to_plain_transcode_wall'], '.1f'):>8}"
