@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from client_fixture_server import FakeState, ServerThread, create_fake_app
+from client_fixture_server import FakeState, ServerThread
 from media_cleaner.client import (
     AccessDeniedError,
     AuthenticationError,
@@ -32,14 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def state() -> FakeState:
+def state() -> FakeState:  # overrides conftest's: no processing delay here
     return FakeState()
-
-
-@pytest.fixture
-def server(state: FakeState) -> Iterator[ServerThread]:
-    with ServerThread(create_fake_app(state)) as srv:
-        yield srv
 
 
 @pytest.fixture

@@ -6,27 +6,13 @@ import fcntl
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from client_fixture_server import FakeState, ServerThread, create_fake_app
+from client_fixture_server import ServerThread
 from media_cleaner.client.batch import STATE_FILE_NAME, collect_inputs
 from media_cleaner.client.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def state() -> FakeState:
-    return FakeState(process_seconds=0.3)
-
-
-@pytest.fixture
-def server(state: FakeState) -> Iterator[ServerThread]:
-    with ServerThread(create_fake_app(state)) as srv:
-        yield srv
 
 
 def run_cli(server: ServerThread, *args: str) -> int:

@@ -8,14 +8,11 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import httpx
-import pytest
 
-from client_fixture_server import FakeState, ServerThread, create_fake_app
 from media_cleaner.client.webhooks import sign_headers
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,17 +26,6 @@ def load_example(relative: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def state() -> FakeState:
-    return FakeState(process_seconds=0.3)
-
-
-@pytest.fixture
-def server(state: FakeState) -> Iterator[ServerThread]:
-    with ServerThread(create_fake_app(state)) as srv:
-        yield srv
 
 
 def test_batch_cron_protects_a_folder_and_reruns_cleanly(server, state, tmp_path):
