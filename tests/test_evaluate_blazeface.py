@@ -56,6 +56,17 @@ def test_one_face_in_every_grid_frame(detector: BlazeFaceDetector, shared_data: 
     assert counts == [1] * 75
 
 
+def test_tiles_find_the_small_faces_of_a_crowd(
+    detector: BlazeFaceDetector, settings: Settings, shared_data: Path
+) -> None:
+    frames = list(decoded_frames(shared_data / "bench" / "talking_crowd_720p.mp4", every=92, max_frames=3))
+    whole = BlazeFaceDetector(settings, tile_fraction=None)
+    tiled = [detector(f) for f in frames]
+    # 4-7 faces of 15-60 px per frame: shrunk whole to 192 px most vanish; the 360 px tiles keep them
+    assert all(n >= 4 for n in tiled), tiled
+    assert sum(tiled) >= sum(whole(f) for f in frames) + 6
+
+
 def test_no_face_in_synthetic_images(detector: BlazeFaceDetector) -> None:
     rng = np.random.default_rng(3)
     assert detector(rng.integers(0, 255, size=(288, 360, 3), dtype=np.uint8)) == 0
