@@ -88,3 +88,24 @@ def test_efficacy_report_carries_blazeface(settings: Settings, shared_data: Path
     r = result["blazeface"]
     assert (r["frames"], r["frames_with_face_original"], r["frames_with_face_protected"]) == (3, 3, 1)
     assert r["still_found_fraction"] == round(1 / 3, 4)
+
+
+def test_cli_evaluate_reports_blazeface(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from conftest import REPO_ROOT
+    from media_cleaner.cli import main
+
+    monkeypatch.setenv("MEDIA_CLEANER_BASE_DIR", str(tmp_path))
+    monkeypatch.setenv("MEDIA_CLEANER_MODEL_CACHE_DIR", str(REPO_ROOT / ".venv" / "model_cache"))
+
+    frames = np.stack(list(decoded_frames(shared_data / "video" / "grid_lbax4n.mpg", every=25)))
+    original = write_frames(tmp_path / "original.mp4", frames)
+    protected = write_frames(tmp_path / "protected.mp4", np.full_like(frames, 90))  # no face left
+    capsys.readouterr()
+    assert main(["evaluate", str(original), str(protected), "--json"]) == 0
+    faces = json.loads(capsys.readouterr().out)["efficacy"]["faces"]
+    assert {"mtcnn", "haar", "blazeface"} <= set(faces)
+    assert (faces["blazeface"]["frames_with_face_original"], faces["blazeface"]["frames_with_face_protected"]) == (3, 0)
