@@ -34,6 +34,40 @@ def test_anchor_counts_match_the_models() -> None:
     assert len(_anchors(_CONFIGS["short"])) == 896  # 16x16x2 + 8x8x6
 
 
+# MediaPipe 0.10.21's own FaceDetection (model_selection 1 = full range, 0 = short range, min confidence 0.5) on
+# frames 0, 15, 30, 45, 60 of grid_bbaf2n.mpg: (x0, y0, x1, y1) in pixels and score. Recorded once in a scratch venv
+# with numpy 1.26, where that wheel imports; it cannot be imported here.
+MEDIAPIPE_GRID = {
+    "full": [
+        (90.4, 120.0, 223.4, 253.0, 0.903),
+        (88.5, 117.5, 224.6, 253.6, 0.911),
+        (89.9, 116.0, 222.7, 248.8, 0.881),
+        (90.5, 117.2, 221.4, 248.2, 0.889),
+        (92.0, 118.5, 218.9, 245.5, 0.837),
+    ],
+    "short": [
+        (90.7, 124.4, 220.9, 254.6, 0.960),
+        (87.7, 123.0, 220.6, 255.9, 0.969),
+        (88.8, 119.0, 220.3, 250.4, 0.957),
+        (88.6, 122.0, 218.1, 251.5, 0.953),
+        (91.8, 124.0, 215.9, 248.0, 0.955),
+    ],
+}
+
+
+@pytest.mark.parametrize("model", ["full", "short"])
+def test_matches_mediapipe_own_pipeline(model: str, settings: Settings, shared_data: Path) -> None:
+    detector = BlazeFaceDetector(settings, model=model)  # type: ignore[arg-type]
+    frames = list(decoded_frames(shared_data / "video" / "grid_bbaf2n.mpg", every=15))
+    for frame, expected in zip(frames, MEDIAPIPE_GRID[model], strict=True):
+        boxes, scores = detector.detect(frame)
+        assert len(scores) == 1
+        side = expected[2] - expected[0]
+        # resampling differs slightly from MediaPipe's (bilinear warp); decoding and anchors must not
+        assert np.abs(boxes[0] - np.array(expected[:4])).max() < 0.06 * side, (boxes, expected)
+        assert abs(scores[0] - expected[4]) < 0.06, (scores, expected)
+
+
 def test_finds_every_face_in_the_photos(detector: BlazeFaceDetector, shared_data: Path) -> None:
     images = shared_data / "images"
     for name in ("angelina_jolie_1.jpg", "kate_siegel_1.jpg", "paul_rudd_1.jpg"):

@@ -11,7 +11,9 @@ DENSIFY op, which OpenCV's TFLite importer lacks.
 Pre- and post-processing follow MediaPipe's face_detection graphs: the frame is letterboxed to the square input
 (aspect ratio kept, black border) and scaled to [-1, 1]; anchors are fixed-size SSD anchors at cell centres; a box
 is (x, y, w, h) / input size around its anchor; the score is sigmoid(raw clipped to +-100) and kept at >= 0.5
-(MediaPipe's default min_detection_confidence); overlapping boxes are merged at IoU 0.3.
+(MediaPipe's default min_detection_confidence); overlapping boxes are merged at IoU 0.3 (weighted, as MediaPipe).
+Checked against mediapipe 0.10.21's own FaceDetection (run in a scratch venv with numpy 1.26) on GRID frames: box
+corners within 3% of the face side, scores within 0.04 (the resampling differs slightly).
 
 One addition to MediaPipe's procedure, for crowds: frames whose long side exceeds 3x the model input (576 px) are
 also run as overlapping square tiles of half the short side (360 px at 720p: 15 tiles plus the whole frame), the
@@ -83,6 +85,25 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float, *, over_min: bool = 
         union = np.minimum(areas[i], areas[rest]) if over_min else areas[i] + areas[rest] - inter
         order = rest[inter / (union + 1e-9) <= iou]
     return keep
+
+
+def _weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """MediaPipe's WEIGHTED suppression: each cluster (IoU > `iou` with its best box) becomes the score-weighted
+    mean of its boxes, with the best score."""
+    order = np.argsort(-scores)
+    areas = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
+    merged, merged_scores = [], []
+    while order.size:
+        i = order[0]
+        lo = np.maximum(boxes[i, :2], boxes[order, :2])
+        hi = np.minimum(boxes[i, 2:], boxes[order, 2:])
+        inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+        cluster = inter / (areas[i] + areas[order] - inter + 1e-9) > iou
+        members = order[cluster]
+        merged.append((boxes[members] * scores[members, None]).sum(0) / scores[members].sum())
+        merged_scores.append(scores[i])
+        order = order[~cluster]
+    return np.asarray(merged, np.float32), np.asarray(merged_scores, np.float32)
 
 
 def _tile_origins(length: int, tile: int, overlap: int) -> list[int]:
@@ -165,8 +186,8 @@ class BlazeFaceDetector:
         centre = raw[hit, :2] / size + self._anchors[hit]
         half = raw[hit, 2:4] / size / 2
         boxes = np.concatenate([centre - half, centre + half], axis=1)
-        keep = _nms(boxes, scores[hit], self.nms_iou)
-        boxes, kept_scores = boxes[keep] * size, scores[hit][keep]
+        boxes, kept_scores = _weighted_nms(boxes, scores[hit], self.nms_iou)
+        boxes = boxes * size
         # back from the letterboxed square to the frame
         boxes = (boxes - np.array([left, top, left, top], np.float32)) / scale
         return boxes.astype(np.float32), kept_scores.astype(np.float32)
