@@ -16,7 +16,7 @@ from media_cleaner.progress import CancelToken
 from media_cleaner.protect.audio import AttackConfig, create
 from media_cleaner.protect.audio.attack import plan_windows
 from media_cleaner.protect.audio.codec import aac_roundtrip
-from media_cleaner.protect.audio.masking import LEVEL_SNR_DB, mask_shape, project_to_floor
+from media_cleaner.protect.audio.masking import LEVEL_SNR_DB, mask_shape, project_to_floor, sliding_budget_gain
 from media_cleaner.protect.audio.protector import channel_groups
 from media_cleaner.protect.base import AudioContext
 
@@ -82,11 +82,26 @@ def test_channel_groups_and_windows() -> None:
     assert channel_groups(np.stack([voice, voice * 0.9])) == [[0, 1]]
     assert channel_groups(np.stack([voice, np.zeros_like(voice)])) == [[0]]
     assert channel_groups(np.stack([voice, np.zeros_like(voice), voice, other])) == [[0, 2], [3]]
-    short = plan_windows(16000 * 11)
-    assert short.starts == [0] and short.length == 16000 * 11
+    # faster-whisper's windows when nothing is transcribed: consecutive 30 s, the last padded.
+    assert [(w.seek, w.frames, w.content) for w in plan_windows(16000 * 11)] == [(0, 1100, 551)]
     long = plan_windows(16000 * 70)
-    assert len(long.starts) == 3 and long.length == 16000 * 30
-    assert long.starts[-1] + long.length == 16000 * 70  # covers the end, windows overlap
+    assert [(w.seek, w.frames) for w in long] == [(0, 3000), (3000, 3000), (6000, 1000)]
+    assert [w.content for w in long] == [1500, 1500, 501]
+
+
+def test_sliding_budget_gain_spends_exactly_what_the_projection_allows() -> None:
+    import torch
+
+    rate = 16000
+    x = _speechlike(rate, 4.3)
+    x[rate : 2 * rate] = 0.0  # a second of silence: nothing may go there
+    delta = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, x.shape).astype(np.float32))
+    scaled = (delta * sliding_budget_gain(delta, torch.from_numpy(x), rate, 40.3)).numpy()
+    out = project_to_floor(x[None], (x + scaled)[None], rate, 40.0)
+    kept = float(np.sum((out[0] - x) ** 2) / np.sum(scaled**2))
+    assert kept > 0.99  # the in-graph gain already meets every staggered window
+    assert _sliding_worst_snr(x, x + scaled, rate) >= 40.0 - 0.5
+    assert np.all(scaled[int(1.3 * rate) : int(1.7 * rate)] == 0)
 
 
 def test_codec_roundtrip_is_aligned() -> None:
@@ -119,6 +134,35 @@ def test_protect_track_keeps_shape_rate_and_stereo_image(protector, shared_data)
     assert ctx.stats["snr_floor_db"] == 35.0 and ctx.stats["groups"][0]["channels"] == [0, 1]
     assert ctx.stats["perturbation_worst_1s_snr_db"] >= 35.0
     assert ctx.stats["groups"][0]["loss_last"] < ctx.stats["groups"][0]["loss_first"]
+
+
+def test_frozen_padding_matches_the_full_padded_window(protector, shared_data) -> None:
+    """The attack's cheap path (only the positions with audio recomputed) equals the full encoder + decoder on
+    faster-whisper's padded window, and its features are faster-whisper's own."""
+    import torch
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    settings, prot = protector
+    prot.prepare(AudioContext(settings=settings, level="weak", sample_rate=16000, channels=1, cancel=CancelToken()))
+    s = prot._attack.s
+    audio = load_pcm(shared_data / "audio" / "english.wav")
+    features = s.features(torch.from_numpy(audio)[None])
+    reference = FeatureExtractor()(audio)[..., :-1]  # what transcribe() windows
+    assert features.shape[-1] == reference.shape[-1]
+    assert float((features[0] - torch.from_numpy(reference)).abs().max()) < 1e-3
+    window = plan_windows(audio.shape[0])[0]
+    mel = s.window_mel(features, window.seek)
+    assert mel.shape[-1] == 3000 and float(mel[..., window.frames :].abs().max()) == 0.0
+    ctx = s.frozen_context(mel, window.content)
+    prompt = s.prompt("en")
+    tokens = torch.tensor([[*prompt.sot_sequence, prompt.first_timestamp]])
+    with torch.no_grad():
+        full = s.encode(mel)
+        content = s.encode_content(mel, ctx)
+        assert float((content - full[:, : window.content]).abs().max()) < 1e-3
+        cheap = s.decode_logits(tokens, content, ctx)
+        exact = s.model.decoder(tokens, full).float()
+    assert float((cheap - exact).abs().max()) < 1e-2
 
 
 def test_cancel_stops_the_optimisation(protector) -> None:

@@ -77,6 +77,29 @@ def window_budget_gain(
     return gain.repeat_interleave(size)[:n]
 
 
+def sliding_budget_gain(
+    delta: torch.Tensor, reference: torch.Tensor, rate: int, snr_db: float, grids: int = GRIDS
+) -> torch.Tensor:
+    """Differentiable per-sample gain (N,) that brings `delta` to the SNR floor in every 1 s window of `grids`
+    staggered grids, the same windows `project_to_floor` enforces (so the projection afterwards is a no-op and the
+    optimiser spends exactly the budget the output will have). Each hop-long block takes the smallest gain of
+    the windows covering it; windows without signal allow nothing."""
+    n = delta.shape[-1]
+    size = int(rate)
+    hop = size // grids
+    tail = size + (-n) % hop
+    d = F.pad(delta * delta, (size, tail))
+    r = F.pad(reference.double() ** 2, (size, tail)).float()
+    cd, cr = F.pad(torch.cumsum(d, 0), (1, 0)), F.pad(torch.cumsum(r, 0), (1, 0))
+    starts = torch.arange(0, cd.shape[0] - size, hop, device=delta.device)
+    energy, budget = cd[starts + size] - cd[starts], (cr[starts + size] - cr[starts]).clamp(min=0)
+    gain = torch.sqrt(budget * 10.0 ** (-snr_db / 10.0)) / torch.sqrt(energy + 1e-20)
+    blocks = torch.arange(-(-n // hop), device=delta.device)
+    # Window j covers track samples [(j - grids) * hop, j * hop): block b lies inside windows b + 1 .. b + grids.
+    covering = torch.stack([gain[(blocks + grids - k).clamp(0, gain.shape[0] - 1)] for k in range(grids)])
+    return covering.amin(0).repeat_interleave(hop)[:n]
+
+
 def _min_filter(values: np.ndarray, width: int) -> np.ndarray:
     from scipy.ndimage import minimum_filter1d
 

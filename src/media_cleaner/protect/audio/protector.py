@@ -22,7 +22,8 @@ from media_cleaner.protect.audio.surrogate import SAMPLE_RATE, WhisperSurrogate
 from media_cleaner.protect.base import AudioContext
 
 # Optimisation steps per level: a lower SNR floor gets more steps as well as more energy.
-LEVEL_STEPS = {"weak": 24, "medium": 28, "strong": 32}
+LEVEL_STEPS = {"weak": 30, "medium": 30, "strong": 30}
+AAC_PRIMING = 1024  # samples of encoder delay at the start of a decoded AAC track (no edit list honoured)
 SILENT_DBFS = -60.0  # a channel (group) quieter than this carries no speech worth protecting
 GROUP_CORRELATION = 0.8  # channels this correlated with the mix share one perturbation (keeps the image)
 
@@ -107,8 +108,9 @@ class WhisperAudioProtector:
             def report(fraction: float, g: int = g) -> None:
                 ctx.progress((g + fraction) / max(1, len(groups)), "audio")
 
+            run_cfg = replace(cfg, priming_delay=round(AAC_PRIMING * SAMPLE_RATE / rate)) if cfg.codec_aware else cfg
             delta16, info = self._attack.run(
-                x16, cfg, codec if cfg.codec_aware else None, check=ctx.cancel.check, progress=report
+                x16, run_cfg, codec if cfg.codec_aware else None, check=ctx.cancel.check, progress=report
             )
             # The perturbation lives below 8 kHz; bring it to the track's rate and give it to every channel.
             delta = _fit(_resample(delta16, SAMPLE_RATE, rate), mix.shape[0])
@@ -121,8 +123,9 @@ class WhisperAudioProtector:
         duration = pcm.shape[1] / rate if rate else 0.0
         ctx.stats.update(
             {
-                "method": "STFT-domain perturbation under a temporal/spectral mask, Adam on Whisper base (encoder "
-                "features away from the clean ones), the real output codec in the loop (straight-through)",
+                "method": "STFT-domain perturbation at the SNR floor of every 1 s window, Adam on Whisper base fed "
+                "as faster-whisper feeds it (padded 30 s windows): clean transcript, language and speech pushed away, "
+                "the real output codec in the loop (straight-through)",
                 "codec_aware": cfg.codec_aware,
                 "objective": cfg.objective + (f": {cfg.phrase!r}" if cfg.objective == "phrase" else ""),
                 "level": ctx.level,

@@ -1,7 +1,13 @@
-"""Whisper as the attack's differentiable surrogate: batched log-mel, a length-aware encoder, decoder scores.
+"""Whisper as the attack's differentiable surrogate, fed exactly as faster-whisper feeds the real model.
 
-The encoder runs on as many mel frames as the window holds (its positional table sliced), not always 3000: a
-12 s window costs a third of a full 30 s one, and the gradients transfer to the padded 30 s inference.
+faster-whisper computes the log-mel of the whole track (160 zero samples appended, dynamic range clamped against
+the track's loudest frame), cuts it into 30 s windows and pads each with zero-valued frames to 3000 before the
+encoder. A short clip is therefore mostly padding, and the padding matters: a perturbation optimised on the encoder
+run on the clip's frames alone (positional table sliced) left "one two three" and "Every purchase is a vote."
+untouched. `frozen_context` makes the padded window affordable: the padded positions' keys, values and encoder
+outputs are computed once, without gradient, from the coded clean track, and each step recomputes only the
+positions that carry audio (a 3 s clip: ~150 of 1500 positions) attending to them; the perturbation barely moves
+the padded positions, and what the real model then sees on the file matched the loop within ~0.3 nats.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ SAMPLE_RATE = 16000
 N_FFT = 400
 HOP = 160
 WINDOW_SAMPLES = 30 * SAMPLE_RATE
+N_FRAMES = 3000  # mel frames per Whisper window
 
 
 @dataclass
@@ -26,6 +33,28 @@ class Prompt:
     eot: int
     no_speech: int
     language_tokens: list[int]
+
+
+@dataclass
+class FrozenContext:
+    """A padded window's positions >= `content`, fixed: per encoder layer keys/values, per decoder layer the
+    cross-attention keys/values."""
+
+    content: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    cross_keys: list[torch.Tensor]
+    cross_values: list[torch.Tensor]
+
+
+def _attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """openai-whisper's MultiHeadAttention on given projections."""
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(t.shape[0], t.shape[1], attn.n_head, -1).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=causal)
+    return attn.out(out.transpose(1, 2).flatten(2))
 
 
 class WhisperSurrogate:
@@ -50,6 +79,72 @@ class WhisperSurrogate:
         peak = log_spec.amax(dim=(1, 2), keepdim=True)
         log_spec = torch.maximum(log_spec, peak - 8.0)
         return (log_spec + 4.0) / 4.0
+
+    def features(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, N) 16 kHz track -> (B, n_mels, N // 160) log-mel as faster-whisper computes it for `transcribe`
+        (160 zero samples appended, clamp against the track's loudest frame, last frame dropped)."""
+        audio = F.pad(audio, (0, HOP))
+        stft = torch.stft(audio, N_FFT, HOP, window=self.window, return_complex=True)
+        power = stft[..., :-1].real ** 2 + stft[..., :-1].imag ** 2
+        log_spec = torch.clamp(self.filters @ power, min=1e-10).log10()
+        log_spec = torch.maximum(log_spec, log_spec.amax(dim=(1, 2), keepdim=True) - 8.0)
+        return ((log_spec + 4.0) / 4.0)[..., :-1]
+
+    @staticmethod
+    def window_mel(features: torch.Tensor, seek: int) -> torch.Tensor:
+        """One 30 s window of the track's features, zero-padded to 3000 frames (faster-whisper's pad_or_trim)."""
+        seg = features[..., seek : seek + N_FRAMES]
+        return F.pad(seg, (0, N_FRAMES - seg.shape[-1]))
+
+    @torch.no_grad()
+    def frozen_context(self, mel: torch.Tensor, content: int) -> FrozenContext:
+        """Run the encoder on a full (B, n_mels, 3000) window once and keep, for positions >= `content`, each
+        encoder layer's keys/values and the decoder's cross-attention keys/values."""
+        enc = self.model.encoder
+        x = F.gelu(enc.conv2(F.gelu(enc.conv1(mel)))).permute(0, 2, 1) + enc.positional_embedding
+        keys, values = [], []
+        for block in enc.blocks:
+            h = block.attn_ln(x)
+            keys.append(block.attn.key(h)[:, content:])
+            values.append(block.attn.value(h)[:, content:])
+            x = block(x)
+        tail = enc.ln_post(x[:, content:])
+        blocks = self.model.decoder.blocks
+        return FrozenContext(
+            content, keys, values, [b.cross_attn.key(tail) for b in blocks], [b.cross_attn.value(tail) for b in blocks]
+        )
+
+    def encode_content(self, mel: torch.Tensor, ctx: FrozenContext) -> torch.Tensor:
+        """Encoder outputs of the first `ctx.content` positions of a padded window, the rest frozen."""
+        enc = self.model.encoder
+        n = ctx.content
+        # Two convolutions (k=3, the second with stride 2): 2n + 2 frames fix the first n positions exactly.
+        x = F.gelu(enc.conv2(F.gelu(enc.conv1(mel[..., : 2 * n + 2]))))[..., :n]
+        x = x.permute(0, 2, 1) + enc.positional_embedding[:n]
+        for i, block in enumerate(enc.blocks):
+            a = block.attn
+            h = block.attn_ln(x)
+            k = torch.cat([a.key(h), ctx.keys[i].expand(x.shape[0], -1, -1)], 1)
+            v = torch.cat([a.value(h), ctx.values[i].expand(x.shape[0], -1, -1)], 1)
+            x = x + _attention(a, a.query(h), k, v)
+            x = x + block.mlp(block.mlp_ln(x))
+        return enc.ln_post(x)
+
+    def decode_logits(self, tokens: torch.Tensor, content: torch.Tensor, ctx: FrozenContext) -> torch.Tensor:
+        """Teacher-forced decoder logits (B, L, vocab) over the encoder outputs `content` + the frozen rest."""
+        dec = self.model.decoder
+        x = dec.token_embedding(tokens) + dec.positional_embedding[: tokens.shape[1]]
+        batch = content.shape[0]
+        for i, block in enumerate(dec.blocks):
+            h = block.attn_ln(x)
+            x = x + _attention(block.attn, block.attn.query(h), block.attn.key(h), block.attn.value(h), causal=True)
+            ca = block.cross_attn
+            h = block.cross_attn_ln(x)
+            k = torch.cat([ca.key(content), ctx.cross_keys[i].expand(batch, -1, -1)], 1)
+            v = torch.cat([ca.value(content), ctx.cross_values[i].expand(batch, -1, -1)], 1)
+            x = x + _attention(ca, ca.query(h), k, v)
+            x = x + block.mlp(block.mlp_ln(x))
+        return (dec.ln(x) @ dec.token_embedding.weight.T).float()
 
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """Encoder on (B, n_mels, T) with T even and <= 3000 -> (B, T // 2, d_model)."""
