@@ -19,7 +19,7 @@ from media_cleaner.protect.base import VideoContext
 from media_cleaner.protect.video import VideoAttackConfig, create, pixel_bound
 from media_cleaner.protect.video.attack import crop_resize
 
-FAST = VideoAttackConfig(group=4, first_steps=6, steps=2, extra_steps=0)
+FAST = VideoAttackConfig(group=4, first_steps=6, steps=2)
 
 
 def grid_frames(shared_data: Path, count: int) -> np.ndarray:
@@ -69,7 +69,7 @@ def test_bound_shaping_and_stats(settings: Settings, shared_data: Path) -> None:
 
 def test_optimisation_lowers_the_face_score(settings: Settings, shared_data: Path) -> None:
     frames = grid_frames(shared_data, 1)
-    protector = create(settings, ModelRegistry(settings), VideoAttackConfig(group=1, first_steps=10, extra_steps=0))
+    protector = create(settings, ModelRegistry(settings), VideoAttackConfig(group=1, first_steps=10))
     ctx = context(settings, frames)
     protector.prepare(ctx)
     box = protector.model.detect(frames).boxes[0][0]
@@ -104,7 +104,7 @@ def test_engine_protect_writes_a_protected_file(settings: Settings, shared_data:
     source = tmp_path / "grid_1s.mp4"
     frames = grid_frames(shared_data, 6)
     write_frames(source, frames, crf=12)
-    config = VideoAttackConfig(group=6, first_steps=3, steps=1, extra_steps=0)
+    config = VideoAttackConfig(group=6, first_steps=3, steps=1)
     protectors = Protectors(video=create(settings, ModelRegistry(settings), config))
     out = tmp_path / "out.mp4"
     report = protect(source, out, ProtectionOptions(protect_audio=False), settings=settings, protectors=protectors)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from media_cleaner.models.mtcnn import MTCNN, normalise
+from media_cleaner.models.mtcnn import MTCNN, crop_windows, normalise
+from media_cleaner.models.resize import resize_area, shrink_window
 from media_cleaner.protect.video.codec import gaussian_blur
 
 LOGIT_06 = 0.405  # log(0.6/0.4): the P-Net threshold as a logit difference
@@ -25,13 +27,15 @@ class LossConfig:
     pnet_margin: float = 1.5  # push P-Net's logit difference below threshold - margin
     rnet_margin: float = 2.0
     onet_margin: float = 3.0
-    rnet_boxes: int = 4
-    onet_boxes: int = 4
+    rnet_boxes: int = 2
+    onet_boxes: int = 2
     jitter: float = 0.12  # box centre jitter, in face sizes
     size_range: tuple[float, float] = (0.8, 1.3)
     pnet_face_px: tuple[float, float] = (7.0, 48.0)  # pyramid levels where the face is this tall
-    pnet_weight: float = 0.1  # per P-Net cell above the margin
-    hard_boxes: int = 4  # at most this many of the detector's own candidates per stage (from the last check)
+    pnet_weight: float = 0.0  # per P-Net cell above the margin (0: P-Net is not attacked)
+    rnet_weight: float = 0.5
+    onet_weight: float = 1.0
+    hard_boxes: int = 12  # at most this many of the detector's own candidates per stage (from the last check)
 
 
 def square(box: tuple[float, float, float, float]) -> tuple[float, float, float]:
@@ -68,9 +72,29 @@ def crop_resize(img: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tens
     return F.grid_sample(src.expand(k, -1, -1, -1), grid.to(img.device), mode="bilinear", align_corners=False)
 
 
+def _windows(boxes: torch.Tensor, origin: tuple[int, int], shape: tuple[int, int], frame: tuple[int, int]):
+    """The detector's integer crop windows of `boxes` (facenet's `pad`), those that lie inside the context."""
+    (oy, ox), (h, w) = origin, shape
+    out = []
+    for y0, y1, x0, x1 in crop_windows(boxes.detach().cpu().numpy().astype(np.float64), frame[1], frame[0]):
+        if y1 - y0 >= 4 and x1 - x0 >= 4 and y0 >= oy and x0 >= ox and y1 <= oy + h and x1 <= ox + w:
+            out.append((y0 - oy, y1 - oy, x0 - ox, x1 - ox))
+    return out
+
+
+def exact_crops(img: torch.Tensor, boxes: torch.Tensor, origin, frame, size: int) -> torch.Tensor | None:  # noqa: ANN001
+    """The detector's own R-/O-Net inputs for `boxes` (absolute), cut from the context `img` (1,3,h,w)."""
+    wins = _windows(boxes, origin, tuple(img.shape[2:]), frame)
+    if not wins:
+        return None
+    return torch.cat([resize_area(img[:, :, y0:y1, x0:x1], (size, size)) for y0, y1, x0, x1 in wins])
+
+
 def face_loss(
     model: MTCNN,
     img: torch.Tensor,
+    origin: tuple[int, int],
+    frame: tuple[int, int],
     box: tuple[float, float, float, float],
     scales: list[float],
     cfg: LossConfig,
@@ -78,36 +102,37 @@ def face_loss(
     hard_r: torch.Tensor | None = None,
     hard_o: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Hinge loss on (1,3,H,W) pixels `img` (a region) with the face at `box` (region coordinates); `hard_r` /
-    `hard_o` are boxes (K,4) the detector itself sent to R-Net / O-Net at the last check."""
-    h, w = img.shape[2:]
+    """Hinge loss on a context `img` (1,3,h,w): the frame's pixels from `origin` (y, x) of a frame of size `frame`
+    (H, W), with the face at `box` and the detector's own candidates `hard_r` / `hard_o` (K,4), all in frame
+    coordinates. Pyramid levels and crops are resampled exactly as `MTCNN.detect` resamples the whole frame."""
     _, _, side = square(box)
     lo, hi = cfg.pnet_face_px
     terms = []
     p_max = -1e9
-    for scale in scales:
+    for scale in scales if cfg.pnet_weight > 0 else []:
         if not lo <= side * scale <= hi:
             continue
-        size = (int(h * scale + 1), int(w * scale + 1))
-        if min(size) < 12:
+        level, _ = shrink_window(img, origin, frame, (int(frame[0] * scale + 1), int(frame[1] * scale + 1)))
+        if min(level.shape[2:]) < 12:
             continue
-        level = F.interpolate(img, size=size, mode="bilinear", antialias=True, align_corners=False)
         _, logits = model.pnet(normalise(level))
         d = logits[:, 1] - logits[:, 0]
         p_max = max(p_max, float(d.detach().max()))
         terms.append(F.relu(d - (LOGIT_06 - cfg.pnet_margin)).sum() * cfg.pnet_weight)
-    loss_p = torch.stack(terms).sum() if terms else img.new_zeros(())
-    rb = jittered_boxes(box, cfg.rnet_boxes, cfg, gen)
-    if hard_r is not None and len(hard_r):
-        rb = torch.cat([rb, hard_r[: cfg.hard_boxes].float()])
-    _, r_logits = model.rnet(normalise(crop_resize(img, rb, 24)))
-    dr = r_logits[:, 1] - r_logits[:, 0]
-    ob = jittered_boxes(box, cfg.onet_boxes, cfg, gen)
-    if hard_o is not None and len(hard_o):
-        ob = torch.cat([ob, hard_o[: cfg.hard_boxes].float()])
-    _, _, o_logits = model.onet(normalise(crop_resize(img, ob, 48)))
-    do = o_logits[:, 1] - o_logits[:, 0]
-    loss_r = F.relu(dr + cfg.rnet_margin).sum()
-    loss_o = F.relu(do + cfg.onet_margin).sum()
-    loss = loss_p + loss_r + 1.5 * loss_o
-    return loss, {"pnet": p_max, "rnet": float(dr.detach().max()), "onet": float(do.detach().max())}
+    loss = torch.stack(terms).sum() if terms else img.new_zeros(())
+    maxima = {"pnet": p_max, "rnet": -1e9, "onet": -1e9}
+    for name, count, hard, size, margin, weight in (
+        ("rnet", cfg.rnet_boxes, hard_r, 24, cfg.rnet_margin, cfg.rnet_weight),
+        ("onet", cfg.onet_boxes, hard_o, 48, cfg.onet_margin, cfg.onet_weight),
+    ):
+        boxes = jittered_boxes(box, count, cfg, gen)
+        if hard is not None and len(hard):
+            boxes = torch.cat([boxes, hard[: cfg.hard_boxes].float()])
+        data = exact_crops(img, boxes, origin, frame, size)
+        if data is None:
+            continue
+        logits = model.rnet(normalise(data))[1] if name == "rnet" else model.onet(normalise(data))[2]
+        d = logits[:, 1] - logits[:, 0]
+        maxima[name] = float(d.detach().max())
+        loss = loss + weight * F.relu(d + margin).sum()
+    return loss, maxima

@@ -7,8 +7,12 @@ contrast change and noise standing in for quantisation, so the perturbation is o
 
 from __future__ import annotations
 
+import io
 import math
 
+import av
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,3 +51,25 @@ def random_codec(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -
         x = x * u(0.95, 1.05) + u(-4, 4)
     x = x + torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device) * 1.2 * strength
     return x.clamp(0, 255)
+
+
+def h264_roundtrip(frames: np.ndarray, crf: int = 18, preset: str = "medium") -> np.ndarray:
+    """RGB frames (N,H,W,3 uint8) through the product's own encoder settings (libx264 yuv420p, CRF) and back: what
+    the detector will see in the output file (the first frame intra, the rest predicted, as in a GOP)."""
+    n, h, w = frames.shape[:3]
+    padded = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = padded.shape[2], padded.shape[1], "yuv420p"
+        stream.options = {"crf": str(crf), "preset": preset}
+        for rgb in padded:
+            yuv = av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+            for packet in stream.encode(yuv):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    buf.seek(0)
+    with av.open(buf) as container:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    return decoded[:, :h, :w]
