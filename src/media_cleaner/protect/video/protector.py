@@ -44,6 +44,8 @@ class VideoAttackConfig:
     eot: float = 1.0  # strength of the random lossy-channel draws (0: none)
     codec_check: bool = True  # real H.264 round trips: straight-through in the steps, and for the check
     crf: int = 18
+    round_trips: int = 1  # real-encoder round trips per frame (evenly spread over its steps)
+    frame_candidates: bool = True  # the round trip also refreshes the hard boxes with a detection on that frame
     min_psnr: float = 40.5  # the perturbation is scaled down on frames where it would fall below this (dB)
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 0
@@ -252,11 +254,12 @@ class FaceVideoProtector:
             cy0, cy1, cx0, cx1 = ctx
             mask = torch.from_numpy(region_mask(frames[t], rect, tuple(box.tolist()), self.config.floor))
             pixels = torch.from_numpy(frames[t, cy0:cy1, cx0:cx1]).permute(2, 0, 1)[None].float()
-            hard = [torch.from_numpy(from_face(r, box)) for r in (face.hard_r, face.hard_o)]
-            setups.append((face, box, rect, ctx, mask.to(self.device), pixels.to(self.device), hard))
+            setups.append((face, box, rect, ctx, mask.to(self.device), pixels.to(self.device)))
         residual: np.ndarray | None = None
+        r = self.config.round_trips
+        trips = {k * steps // (r + 1) for k in range(1, r + 1)} if steps >= 2 * r else set()
         for step in range(steps):
-            if self.config.codec_check and step == steps // 2 and steps >= 4:
+            if self.config.codec_check and step in trips:
                 # after the previous written frame, so it is coded as a predicted frame, as most of the output is
                 adv = self._apply(frames[t : t + 1], faces, frac)
                 clip = (
@@ -264,10 +267,16 @@ class FaceVideoProtector:
                     if self.prev_out is None or self.prev_out.shape != adv[0].shape
                     else np.stack([self.prev_out, adv[0]])
                 )
-                residual = h264_roundtrip(clip, self.config.crf)[-1].astype(np.float32) - adv[0]
+                seen = h264_roundtrip(clip, self.config.crf)[-1]
+                residual = seen.astype(np.float32) - adv[0]
+                if self.config.frame_candidates:  # what the detector itself now evaluates on this frame
+                    t1 = time.perf_counter()
+                    self._harden(self.model.detect(seen[None]), faces, frac)
+                    self.seconds["check"] += time.perf_counter() - t1
             params = [f.param.requires_grad_(True) for f in faces]
             total = params[0].new_zeros(())
-            for face, box, (y0, y1, x0, x1), (cy0, cy1, cx0, cx1), mask, pixels, hard in setups:
+            for face, box, (y0, y1, x0, x1), (cy0, cy1, cx0, cx1), mask, pixels in setups:
+                hard = [torch.from_numpy(from_face(r, box)) for r in (face.hard_r, face.hard_o)]
                 delta = mask * render(face.param, box, self.config.region_margin, (y0, y1, x0, x1))
                 delta = F.pad(delta, (x0 - cx0, cx1 - x1, y0 - cy0, cy1 - y1))
                 x = (pixels + delta).clamp(0, 255)
@@ -332,12 +341,13 @@ class FaceVideoProtector:
         return left
 
     @staticmethod
-    def _harden(det: Detections, faces: list[Face]) -> None:
+    def _harden(det: Detections, faces: list[Face], frac: float = 1.0) -> None:
         for face in faces:
+            box = face.box_at(frac)
             for name, cands in (("hard_r", det.rnet_inputs), ("hard_o", det.onet_inputs)):
-                near = [b for b in cands[:, 1:] if iou(b, face.last) > 0.25]
+                near = [b for b in cands[:, 1:] if iou(b, box) > 0.25]
                 if near:
-                    setattr(face, name, to_face(np.asarray(near), face.last))
+                    setattr(face, name, to_face(np.asarray(near), box))
 
     def _group(self, frames: np.ndarray) -> np.ndarray:
         self.groups += 1
