@@ -32,7 +32,7 @@ class AttackConfig:
     """Defaults are the measured best at the weak level on this CPU (see README, "Audio protection")."""
 
     snr_db: float = 40.0
-    steps: int = 30
+    steps: int = 40
     lr: float = 0.3
     objective: str = "untargeted"  # untargeted | silence | phrase
     phrase: str = ""
@@ -40,7 +40,10 @@ class AttackConfig:
     decoder_weight: float = 1.0  # untargeted: teacher-forced log-probability of the clean transcript
     language_weight: float = 1.0  # untargeted: log-probability of the track's language at language detection
     language_floor: float = -8.0  # ... pushed down to here only, then the budget goes to the other terms
-    eot_weight: float = 0.5  # untargeted: end-of-text right after the first timestamp + no-speech
+    eot_weight: float = 0.5  # untargeted: end-of-text right after the first timestamp
+    no_speech_weight: float = 0.5  # untargeted: no-speech probability (faster-whisper drops such a window)
+    retarget_every: int = 5  # untargeted: steps between greedy decodes of the current state (0: never)
+    max_targets: int = 3  # transcripts pushed per window: the clean one and those it drifts to
     codec_aware: bool = True  # the real output codec in the loop (straight-through), see `run`
     codec_every: int = 4  # steps between passes through the real codec
     shift: bool = True  # a random sub-frame delay each step: recognisers' frames never line up with ours
@@ -82,27 +85,46 @@ class WhisperAttack:
     def __init__(self, surrogate: WhisperSurrogate) -> None:
         self.s = surrogate
 
+    @staticmethod
+    def _rows(
+        prompts: list[Prompt], targets: list[list[int]], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token rows (T, L): each prompt (the track's language, then any the detection drifted to) + <|0.00|> +
+        each target, end-of-text padded; weights (T, L - 1) mark the positions whose next token is a target's."""
+        width = max((len(t) for t in targets), default=0)
+        rows, weights = [], []
+        for prompt in prompts:
+            prefix = [*prompt.sot_sequence, prompt.first_timestamp]
+            for target in targets or [[]]:
+                rows.append(prefix + target + [prompt.eot] * (width - len(target)))
+                weights.append([0.0] * (len(prefix) - 1) + [1.0] * len(target) + [0.0] * (width - len(target)))
+        return torch.tensor(rows, device=device), torch.tensor(weights, device=device)
+
     def _loss(
-        self, logp: torch.Tensor, prompt: Prompt, target: list[int], cfg: AttackConfig
+        self, logp: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, prompt: Prompt, cfg: AttackConfig
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss for one window from teacher-forced log-probabilities (1, L, vocab) of prefix + target."""
+        """Loss for one window from teacher-forced log-probabilities (T, L, vocab) of its token rows."""
         prefix = len(prompt.sot_sequence) + 1  # SOT, language, task, <|0.00|>
         eot = logp[0, prefix - 1, prompt.eot]
         no_speech = logp[0, 0, prompt.no_speech]  # faster-whisper reads it right after SOT
-        terms: dict[str, float] = {}
-        value = lambda t: float(t.detach())  # noqa: E731 - figures only
-        if target:
-            ids = torch.tensor(target, device=logp.device)
-            token_logp = logp[0, prefix - 1 : prefix - 1 + len(target)].gather(-1, ids[:, None])[:, 0]
+        token_logp = logp[:, :-1].gather(-1, rows[:, 1:, None])[..., 0]
+        counts = weights.sum(-1)
+        has = counts > 0
+
+        def value(t: torch.Tensor) -> float:
+            return float(t.detach())
+
         if cfg.objective == "silence":
             return -(eot + no_speech), {"eot": value(eot), "no_speech": value(no_speech)}
         if cfg.objective == "phrase":
-            return -token_logp.mean(), {"phrase": value(token_logp.mean())}
-        loss = -cfg.eot_weight * (eot + no_speech)
-        terms.update(eot=value(eot), no_speech=value(no_speech))
-        if target and cfg.decoder_weight:
-            # Each clean token pushed down until it is unlikely (floored so one token cannot take the budget).
-            clean = token_logp.clamp(min=-12.0).mean()
+            phrase = (token_logp * weights).sum(-1)[0] / counts[0].clamp(min=1.0)
+            return -phrase, {"phrase": value(phrase)}
+        loss = -cfg.eot_weight * eot - cfg.no_speech_weight * no_speech
+        terms = {"eot": value(eot), "no_speech": value(no_speech)}
+        if cfg.decoder_weight and bool(has.any()):
+            # Each transcript's tokens pushed down until unlikely (floored so one token cannot take the budget).
+            per_row = (token_logp.clamp(min=-12.0) * weights).sum(-1) / counts.clamp(min=1.0)
+            clean = per_row[has].mean()
             loss = loss + cfg.decoder_weight * clean
             terms["clean"] = value(clean)
         if cfg.language_weight:
@@ -153,10 +175,9 @@ class WhisperAttack:
                 targets = [[] for _ in prompts]
             # The padded part of each window, fixed from the coded clean track (see surrogate.py).
             contexts = [s.frozen_context(s.window_mel(coded_features, w.seek), w.content) for w in windows]
-            tokens = [
-                torch.tensor([[*p.sot_sequence, p.first_timestamp, *t]], device=device)
-                for p, t in zip(prompts, targets, strict=True)
-            ]
+            targets = [[t] if t else [] for t in targets]  # per window, every transcript seen so far
+            decoding = [[p] for p in prompts]  # per window, the language prompts the transcript is pushed under
+            rows = [self._rows(d, t, device) for d, t in zip(decoding, targets, strict=True)]
 
             shape = mask_shape(signal, floor_db=cfg.mask_floor_db).pow(cfg.mask_power)  # (F, T)
             shape = shape / shape.max().clamp(min=1e-12)
@@ -183,10 +204,28 @@ class WhisperAttack:
                 heard = _delay(heard, lag)
             features = s.features(heard[None])
             loss = torch.zeros((), device=device)
-            for w, ctx, prompt, target, seq in zip(windows, contexts, prompts, targets, tokens, strict=True):
+            retarget = (
+                cfg.objective == "untargeted"
+                and cfg.decoder_weight
+                and cfg.retarget_every
+                and step
+                and step % cfg.retarget_every == 0
+            )
+            for i, (w, ctx, prompt) in enumerate(zip(windows, contexts, prompts, strict=True)):
                 content = s.encode_content(s.window_mel(features, w.seek), ctx)
-                logp = torch.log_softmax(s.decode_logits(seq, content, ctx), dim=-1)
-                term, last_terms = self._loss(logp, prompt, target, cfg)
+                if retarget:
+                    # The transcript may have moved to another wording ("1, 2, 3" for "One, two, three") or, once
+                    # the language is pushed away, be decoded under another language prompt: push those too.
+                    full = torch.cat([content.detach(), ctx.tail], 1)
+                    current = s.prompt(s.detect_language(full)[0])
+                    if current.sot_sequence not in [d.sot_sequence for d in decoding[i]] and len(decoding[i]) < 2:
+                        decoding[i].append(current)
+                    now = s.greedy_text(full, decoding[i][-1])[0]
+                    if now and now not in targets[i] and len(targets[i]) < cfg.max_targets:
+                        targets[i].append(now)
+                    rows[i] = self._rows(decoding[i], targets[i], device)
+                logp = torch.log_softmax(s.decode_logits(rows[i][0], content, ctx), dim=-1)
+                term, last_terms = self._loss(logp, *rows[i], prompt, cfg)
                 loss = loss + term / len(windows)
             loss.backward()
             opt.step()
@@ -199,7 +238,8 @@ class WhisperAttack:
             "windows": len(windows),
             "window_s": [round(w.frames * HOP / SAMPLE_RATE, 2) for w in windows],
             "languages": sorted(set(languages)),
-            "clean_tokens": [len(t) for t in targets],
+            "languages_drifted_to": sorted({d[-1].language for d in decoding if len(d) > 1}),
+            "transcripts_pushed": [len(t) for t in targets],
             "loss_first": round(history[0], 4) if history else None,
             "loss_last": round(history[-1], 4) if history else None,
             "last_window_terms": {k: round(val, 3) for k, val in last_terms.items()},

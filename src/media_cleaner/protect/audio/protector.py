@@ -22,7 +22,7 @@ from media_cleaner.protect.audio.surrogate import SAMPLE_RATE, WhisperSurrogate
 from media_cleaner.protect.base import AudioContext
 
 # Optimisation steps per level: a lower SNR floor gets more steps as well as more energy.
-LEVEL_STEPS = {"weak": 30, "medium": 30, "strong": 30}
+LEVEL_STEPS = {"weak": 40, "medium": 40, "strong": 40}
 AAC_PRIMING = 1024  # samples of encoder delay at the start of a decoded AAC track (no edit list honoured)
 SILENT_DBFS = -60.0  # a channel (group) quieter than this carries no speech worth protecting
 GROUP_CORRELATION = 0.8  # channels this correlated with the mix share one perturbation (keeps the image)

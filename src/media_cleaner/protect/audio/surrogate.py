@@ -33,6 +33,7 @@ class Prompt:
     eot: int
     no_speech: int
     language_tokens: list[int]
+    language: str = "en"
 
 
 @dataclass
@@ -41,6 +42,7 @@ class FrozenContext:
     cross-attention keys/values."""
 
     content: int
+    tail: torch.Tensor  # encoder outputs of the frozen positions
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     cross_keys: list[torch.Tensor]
@@ -111,7 +113,12 @@ class WhisperSurrogate:
         tail = enc.ln_post(x[:, content:])
         blocks = self.model.decoder.blocks
         return FrozenContext(
-            content, keys, values, [b.cross_attn.key(tail) for b in blocks], [b.cross_attn.value(tail) for b in blocks]
+            content,
+            tail,
+            keys,
+            values,
+            [b.cross_attn.key(tail) for b in blocks],
+            [b.cross_attn.value(tail) for b in blocks],
         )
 
     def encode_content(self, mel: torch.Tensor, ctx: FrozenContext) -> torch.Tensor:
@@ -131,17 +138,19 @@ class WhisperSurrogate:
         return enc.ln_post(x)
 
     def decode_logits(self, tokens: torch.Tensor, content: torch.Tensor, ctx: FrozenContext) -> torch.Tensor:
-        """Teacher-forced decoder logits (B, L, vocab) over the encoder outputs `content` + the frozen rest."""
+        """Teacher-forced decoder logits (B, L, vocab) over the encoder outputs `content` (B or 1 rows) + the
+        frozen rest; one window's content serves several token rows (its cross-attention projected once)."""
         dec = self.model.decoder
         x = dec.token_embedding(tokens) + dec.positional_embedding[: tokens.shape[1]]
-        batch = content.shape[0]
+        batch = tokens.shape[0]
         for i, block in enumerate(dec.blocks):
             h = block.attn_ln(x)
             x = x + _attention(block.attn, block.attn.query(h), block.attn.key(h), block.attn.value(h), causal=True)
             ca = block.cross_attn
             h = block.cross_attn_ln(x)
-            k = torch.cat([ca.key(content), ctx.cross_keys[i].expand(batch, -1, -1)], 1)
-            v = torch.cat([ca.value(content), ctx.cross_values[i].expand(batch, -1, -1)], 1)
+            k = torch.cat([ca.key(content), ctx.cross_keys[i].expand(content.shape[0], -1, -1)], 1)
+            v = torch.cat([ca.value(content), ctx.cross_values[i].expand(content.shape[0], -1, -1)], 1)
+            k, v = k.expand(batch, -1, -1), v.expand(batch, -1, -1)
             x = x + _attention(ca, ca.query(h), k, v)
             x = x + block.mlp(block.mlp_ln(x))
         return (dec.ln(x) @ dec.token_embedding.weight.T).float()
@@ -169,6 +178,7 @@ class WhisperSurrogate:
             eot=tok.eot,
             no_speech=tok.no_speech,
             language_tokens=list(tok.all_language_tokens),
+            language=language,
         )
 
     @torch.no_grad()
