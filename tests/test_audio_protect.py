@@ -175,23 +175,35 @@ def test_cancel_stops_the_optimisation(protector) -> None:
 
 
 @pytest.mark.slow
-def test_weak_level_defeats_whisper_after_aac(tmp_path, shared_data) -> None:
+@pytest.mark.parametrize(
+    ("clip", "reference"),
+    [
+        ("video/grid_bbaf2n.mpg", "bin blue at f two now"),  # 3 s, 44.1 kHz stereo
+        ("audio/LJ002-0020.wav", "In eighteen thirteen"),  # 1.5 s, 22.05 kHz mono: the old attack left 40% of it
+    ],
+)
+def test_weak_level_defeats_whisper_after_aac(tmp_path, shared_data, clip: str, reference: str) -> None:
+    """A short clip's transcript is lost on the delivered AAC file (Whisper base, faster-whisper's own decoding)."""
+    import av
+
     from media_cleaner.evaluate.speech import encode_aac, speech_efficacy
 
     settings = load_settings(base_dir=tmp_path, model_cache_dir=MODEL_CACHE, torch_threads=2)
     prot = create(settings, ModelRegistry(settings))
-    source = shared_data / "video" / "grid_bbaf2n.mpg"  # 3 s, 44.1 kHz stereo, "bin blue at f two now"
-    import av
-
-    with av.open(str(source)) as container:
+    with av.open(str(shared_data / clip)) as container:
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=44100)
-        chunks = [f.to_ndarray().reshape(2, -1) for fr in container.decode(stream) for f in resampler.resample(fr)]
+        rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
+        layout = stream.codec_context.layout.name
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        chunks = [
+            f.to_ndarray().reshape(channels, -1) for fr in container.decode(stream) for f in resampler.resample(fr)
+        ]
     pcm = np.concatenate(chunks, axis=1)
-    ctx = AudioContext(settings=settings, level="weak", sample_rate=44100, channels=2, cancel=CancelToken())
+    ctx = AudioContext(settings=settings, level="weak", sample_rate=rate, channels=channels, cancel=CancelToken())
     out = prot.protect_track(pcm, ctx)
-    assert snr_db(pcm, out) >= 40.0
-    original = encode_aac(pcm, 44100, tmp_path / "o.m4a")
-    protected = encode_aac(out, 44100, tmp_path / "p.m4a")
-    result = speech_efficacy(original, protected, settings, reference="bin blue at f two now")["whisper"]
-    assert result["wer_protected"] >= 0.8 and result["wer_protected"] > result["wer_original"], result
+    assert snr_db(pcm, out) >= 40.0 and ctx.stats["perturbation_worst_1s_snr_db"] >= 40.0
+    original = encode_aac(pcm, rate, tmp_path / "o.m4a")
+    protected = encode_aac(out, rate, tmp_path / "p.m4a")
+    result = speech_efficacy(original, protected, settings, reference=reference)["whisper"]
+    assert result["wer_original"] <= 0.5, result  # the clip is recognised without protection
+    assert result["wer_protected"] >= 0.9, result

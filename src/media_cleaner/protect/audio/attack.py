@@ -170,7 +170,10 @@ class WhisperAttack:
                 phrase = s.tokenizer.encode(" " + cfg.phrase.strip())
                 targets = [phrase + [p.eot] for p in prompts]
             elif cfg.objective == "untargeted" and cfg.decoder_weight:
-                targets = [s.greedy_text(f, p)[0] for f, p in zip(full, prompts, strict=True)]
+                targets = [
+                    s.greedy_text(f, p, max_tokens=int(8 + 5 * w.frames * HOP / SAMPLE_RATE))[0]
+                    for f, p, w in zip(full, prompts, windows, strict=True)
+                ]
             else:
                 targets = [[] for _ in prompts]
             # The padded part of each window, fixed from the coded clean track (see surrogate.py).
@@ -220,7 +223,10 @@ class WhisperAttack:
                     current = s.prompt(s.detect_language(full)[0])
                     if current.sot_sequence not in [d.sot_sequence for d in decoding[i]] and len(decoding[i]) < 2:
                         decoding[i].append(current)
-                    now = s.greedy_text(full, decoding[i][-1])[0]
+                    # Bounded by the window's audio (3 tokens/s of speech, with room): a drifted decode that loops
+                    # would otherwise make every later step pay for a 30 s window's worth of tokens.
+                    limit = int(8 + 5 * w.frames * HOP / SAMPLE_RATE)
+                    now = s.greedy_text(full, decoding[i][-1], max_tokens=limit)[0][:limit]
                     if now and now not in targets[i] and len(targets[i]) < cfg.max_targets:
                         targets[i].append(now)
                     rows[i] = self._rows(decoding[i], targets[i], device)
