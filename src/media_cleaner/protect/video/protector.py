@@ -125,6 +125,8 @@ class FaceVideoProtector:
     # -- interface -------------------------------------------------------------------------------------------
     def prepare(self, ctx: VideoContext) -> None:
         if self.model is None:
+            if self.settings.torch_threads:  # small ops: extra threads mostly wait on each other on a busy CPU
+                torch.set_num_threads(self.settings.torch_threads)
             device = self.settings.device if torch.cuda.is_available() or self.settings.device == "cpu" else "cpu"
             self.model = MTCNN(self.registry.resolve("mtcnn"), device=device)
         self.device = self.model.device
