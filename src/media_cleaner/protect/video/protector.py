@@ -264,12 +264,11 @@ class FaceVideoProtector:
             if self.config.codec_check and step in trips:
                 # after the previous written frame, so it is coded as a predicted frame, as most of the output is
                 adv = self._apply(frames[t : t + 1], faces, frac)
-                clip = (
-                    adv
-                    if self.prev_out is None or self.prev_out.shape != adv[0].shape
-                    else np.stack([self.prev_out, adv[0]])
-                )
-                seen = h264_roundtrip(clip, self.config.crf)[-1]
+                if self.prev_out is None or self.prev_out.shape != adv[0].shape:
+                    clip, at = adv, 0
+                else:  # (coding it as a B-frame between two references measured no better)
+                    clip, at = np.stack([self.prev_out, adv[0]]), 1
+                seen = h264_roundtrip(clip, self.config.crf)[at]
                 residual = seen.astype(np.float32) - adv[0]
                 if self.config.frame_candidates:  # what the detector itself now evaluates on this frame
                     t1 = time.perf_counter()
