@@ -17,7 +17,7 @@ from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.progress import CancelToken
 from media_cleaner.protect.base import VideoContext
 from media_cleaner.protect.video import VideoAttackConfig, create, pixel_bound
-from media_cleaner.protect.video.attack import crop_resize
+from media_cleaner.protect.video.attack import exact_crops
 
 FAST = VideoAttackConfig(group=4, first_steps=6, steps=2)
 
@@ -36,7 +36,8 @@ def context(settings: Settings, frames: np.ndarray, epsilon: float = 0.12) -> Vi
 
 def onet_logit(protector, frame: np.ndarray, box: np.ndarray) -> float:  # noqa: ANN001
     x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
-    _, _, logits = protector.model.onet(normalise(crop_resize(x, torch.tensor(box[None], dtype=torch.float32), 48)))
+    crop = exact_crops(x, torch.tensor(box[None], dtype=torch.float32), (0, 0), frame.shape[:2], 48)
+    _, _, logits = protector.model.onet(normalise(crop))
     return float(logits[0, 1] - logits[0, 0])
 
 

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from media_cleaner.models.mtcnn import MTCNN, crop_windows, normalise
 from media_cleaner.models.resize import resize_area, shrink_window
-from media_cleaner.protect.video.codec import gaussian_blur
 
 LOGIT_06 = 0.405  # log(0.6/0.4): the P-Net threshold as a logit difference
 
@@ -54,22 +53,6 @@ def jittered_boxes(box, count: int, cfg: LossConfig, gen: torch.Generator) -> to
     x = cx + (r[:, 0] - 0.5) * 2 * cfg.jitter * side
     y = cy + (r[:, 1] - 0.5) * 2 * cfg.jitter * side
     return torch.stack([x - s / 2, y - s / 2, x + s / 2, y + s / 2], dim=1)
-
-
-def crop_resize(img: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Differentiable crop-and-resize of K boxes from one (1,3,H,W) image: a Gaussian pre-blur matched to the
-    downscale stands in for area averaging, then bilinear sampling (one grid_sample for all boxes)."""
-    h, w = img.shape[2:]
-    side = float((boxes[:, 2] - boxes[:, 0]).mean())
-    src = gaussian_blur(img, 0.45 * side / size) if side > size * 1.5 else img
-    k = boxes.shape[0]
-    t = torch.linspace(0.5 / size, 1 - 0.5 / size, size, dtype=img.dtype, device=img.device)
-    xs = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * t  # (K, size) pixel coords
-    ys = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * t
-    gx = (xs / w) * 2 - 1
-    gy = (ys / h) * 2 - 1
-    grid = torch.stack([gx[:, None, :].expand(k, size, size), gy[:, :, None].expand(k, size, size)], dim=3)
-    return F.grid_sample(src.expand(k, -1, -1, -1), grid.to(img.device), mode="bilinear", align_corners=False)
 
 
 def _windows(boxes: torch.Tensor, origin: tuple[int, int], shape: tuple[int, int], frame: tuple[int, int]):

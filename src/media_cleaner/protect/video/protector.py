@@ -135,10 +135,8 @@ class FaceVideoProtector:
         self.max_mse = 255.0**2 / 10 ** (self.config.min_psnr / 10)
         self.gen = torch.Generator().manual_seed(self.config.seed)
         self.prev_boxes: np.ndarray | None = None  # detections on the last key frame, reused as the next first
-        self.last_det: Detections | None = None
-        self.prev_out: np.ndarray | None = (
-            None  # the last protected frame: the reference of the codec round trips  # the latest key-frame detection with its stages' candidates
-        )
+        self.last_det: Detections | None = None  # the latest key-frame detection with its stages' candidates
+        self.prev_out: np.ndarray | None = None  # the last protected frame: the reference of the codec round trips
         self.tracks: list[Face] = []
         self.frames = self.groups = self.steps = self.key_frames = 0
         self.faces_found = self.faces_left = self.frames_with_faces = 0
