@@ -61,22 +61,6 @@ def mask_shape(x: torch.Tensor, floor_db: float = 30.0, forward_frames: int = 6,
     return torch.maximum(held, floor).sqrt()
 
 
-def window_budget_gain(
-    delta: torch.Tensor, reference: torch.Tensor, rate: int, snr_db: float, window_s: float = 1.0
-) -> torch.Tensor:
-    """Differentiable per-sample gain (N,) that scales `delta` down to the SNR floor in each 1 s window."""
-    n = delta.shape[-1]
-    size = max(1, int(rate * window_s))
-    count = -(-n // size)
-    pad = count * size - n
-    d = F.pad(delta, (0, pad)).reshape(count, size)
-    r = F.pad(reference, (0, pad)).reshape(count, size)
-    budget = (r * r).sum(-1) * 10.0 ** (-snr_db / 10.0)
-    energy = (d * d).sum(-1) + 1e-20
-    gain = torch.clamp(torch.sqrt(budget / energy), max=1.0)
-    return gain.repeat_interleave(size)[:n]
-
-
 def sliding_budget_gain(
     delta: torch.Tensor, reference: torch.Tensor, rate: int, snr_db: float, grids: int = GRIDS
 ) -> torch.Tensor:

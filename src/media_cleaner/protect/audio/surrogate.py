@@ -20,7 +20,6 @@ import torch.nn.functional as F
 SAMPLE_RATE = 16000
 N_FFT = 400
 HOP = 160
-WINDOW_SAMPLES = 30 * SAMPLE_RATE
 N_FRAMES = 3000  # mel frames per Whisper window
 
 
@@ -85,12 +84,7 @@ class WhisperSurrogate:
     def features(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, N) 16 kHz track -> (B, n_mels, N // 160) log-mel as faster-whisper computes it for `transcribe`
         (160 zero samples appended, clamp against the track's loudest frame, last frame dropped)."""
-        audio = F.pad(audio, (0, HOP))
-        stft = torch.stft(audio, N_FFT, HOP, window=self.window, return_complex=True)
-        power = stft[..., :-1].real ** 2 + stft[..., :-1].imag ** 2
-        log_spec = torch.clamp(self.filters @ power, min=1e-10).log10()
-        log_spec = torch.maximum(log_spec, log_spec.amax(dim=(1, 2), keepdim=True) - 8.0)
-        return ((log_spec + 4.0) / 4.0)[..., :-1]
+        return self.log_mel(F.pad(audio, (0, HOP)))[..., :-1]
 
     @staticmethod
     def window_mel(features: torch.Tensor, seek: int) -> torch.Tensor:
