@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from media_cleaner.media.pipeline import pad_even
+
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (N,C,H,W), reflect padding."""
@@ -57,7 +59,7 @@ def h264_roundtrip(frames: np.ndarray, crf: int = 18, preset: str = "medium") ->
     """RGB frames (N,H,W,3 uint8) through the product's own encoder settings (libx264 yuv420p, CRF) and back: what
     the detector will see in the output file (the first frame intra, the rest predicted, as in a GOP)."""
     n, h, w = frames.shape[:3]
-    padded = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    padded = pad_even(frames)
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=25)
