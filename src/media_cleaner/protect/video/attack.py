@@ -73,6 +73,90 @@ def exact_crops(img: torch.Tensor, boxes: torch.Tensor, origin, frame, size: int
     return torch.cat([resize_area(img[:, :, y0:y1, x0:x1], (size, size)) for y0, y1, x0, x1 in wins])
 
 
+@dataclass
+class FaceView:
+    """One face's share of a frame for the loss: its context pixels (1,3,h,w) from `origin` (y, x), its box and
+    the detector's own candidates for R-Net / O-Net (K,4), all in frame coordinates."""
+
+    img: torch.Tensor
+    origin: tuple[int, int]
+    box: tuple[float, float, float, float]
+    hard_r: torch.Tensor | None = None
+    hard_o: torch.Tensor | None = None
+
+
+def stage_boxes(view: FaceView, cfg: LossConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R-Net boxes, O-Net boxes) of one face: jittered draws (R first, then O) plus the detector's candidates."""
+    out = []
+    for count, hard in ((cfg.rnet_boxes, view.hard_r), (cfg.onet_boxes, view.hard_o)):
+        boxes = jittered_boxes(view.box, count, cfg, gen)
+        if hard is not None and len(hard):
+            boxes = torch.cat([boxes, hard[: cfg.hard_boxes].float()])
+        out.append(boxes)
+    return out[0], out[1]
+
+
+def channels_last(model: MTCNN) -> None:
+    """R-/O-Net in channels-last layout: their ceil-mode max pooling is several times faster so on CPU."""
+    model.rnet.to(memory_format=torch.channels_last)
+    model.onet.to(memory_format=torch.channels_last)
+
+
+def frame_loss(
+    model: MTCNN,
+    views: list[FaceView],
+    frame: tuple[int, int],
+    cfg: LossConfig,
+    gen: torch.Generator,
+    active_only: bool = False,
+) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    """The R-/O-Net hinge of every face of a frame of size `frame` (H, W) in one R-Net and one O-Net call.
+
+    Returns (per-face losses (F,), per-face maxima of the logit differences); face k's loss equals
+    `face_loss` on view k alone (same boxes drawn in the same order), so one batched call replaces F.
+    `active_only` back-propagates through the crops still above their margin only (same loss and gradient)."""
+    boxes = [stage_boxes(v, cfg, gen) for v in views]
+    losses = views[0].img.new_zeros(len(views)) if views else torch.zeros(0)
+    maxima = [{"pnet": -1e9, "rnet": -1e9, "onet": -1e9} for _ in views]
+    for stage, size, margin, weight in (
+        (0, 24, cfg.rnet_margin, cfg.rnet_weight),
+        (1, 48, cfg.onet_margin, cfg.onet_weight),
+    ):
+        parts, owners = [], []
+        for k, v in enumerate(views):
+            data = exact_crops(v.img, boxes[k][stage], v.origin, frame, size)
+            if data is not None:
+                parts.append(data)
+                owners += [k] * len(data)
+        if not parts:
+            continue
+        data = normalise(torch.cat(parts)).contiguous(memory_format=torch.channels_last)
+        net = (lambda x: model.rnet(x)[1]) if stage == 0 else (lambda x: model.onet(x)[2])
+        index = torch.tensor(owners, device=data.device)
+        if active_only and data.requires_grad:
+            # a crop already below its margin adds nothing to the hinge or its gradient: the net runs forward on
+            # every crop without a graph, then forward and backward on the active ones only (same loss, same
+            # gradient, a fraction of the backward cost once most crops are beaten)
+            with torch.no_grad():
+                logits = net(data)
+            d_all = logits[:, 1] - logits[:, 0]
+            on = torch.nonzero(d_all + margin > 0).flatten()
+            if len(on):
+                logits = net(data[on])
+                d = logits[:, 1] - logits[:, 0]
+                losses = losses.index_add(0, index[on], weight * F.relu(d + margin))
+            d_all = d_all.tolist()
+        else:
+            logits = net(data)
+            d = logits[:, 1] - logits[:, 0]
+            losses = losses.index_add(0, index, weight * F.relu(d + margin))
+            d_all = d.detach().tolist()
+        name = ("rnet", "onet")[stage]
+        for k, value in zip(owners, d_all, strict=True):
+            maxima[k][name] = max(maxima[k][name], value)
+    return losses, maxima
+
+
 def face_loss(
     model: MTCNN,
     img: torch.Tensor,
@@ -87,7 +171,8 @@ def face_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Hinge loss on a context `img` (1,3,h,w): the frame's pixels from `origin` (y, x) of a frame of size `frame`
     (H, W), with the face at `box` and the detector's own candidates `hard_r` / `hard_o` (K,4), all in frame
-    coordinates. Pyramid levels and crops are resampled exactly as `MTCNN.detect` resamples the whole frame."""
+    coordinates. Pyramid levels and crops are resampled exactly as `MTCNN.detect` resamples the whole frame.
+    (P-Net only when `cfg.pnet_weight` > 0; R-/O-Net as `frame_loss` on this face alone.)"""
     _, _, side = square(box)
     lo, hi = cfg.pnet_face_px
     terms = []
@@ -103,19 +188,6 @@ def face_loss(
         p_max = max(p_max, float(d.detach().max()))
         terms.append(F.relu(d - (LOGIT_06 - cfg.pnet_margin)).sum() * cfg.pnet_weight)
     loss = torch.stack(terms).sum() if terms else img.new_zeros(())
-    maxima = {"pnet": p_max, "rnet": -1e9, "onet": -1e9}
-    for name, count, hard, size, margin, weight in (
-        ("rnet", cfg.rnet_boxes, hard_r, 24, cfg.rnet_margin, cfg.rnet_weight),
-        ("onet", cfg.onet_boxes, hard_o, 48, cfg.onet_margin, cfg.onet_weight),
-    ):
-        boxes = jittered_boxes(box, count, cfg, gen)
-        if hard is not None and len(hard):
-            boxes = torch.cat([boxes, hard[: cfg.hard_boxes].float()])
-        data = exact_crops(img, boxes, origin, frame, size)
-        if data is None:
-            continue
-        logits = model.rnet(normalise(data))[1] if name == "rnet" else model.onet(normalise(data))[2]
-        d = logits[:, 1] - logits[:, 0]
-        maxima[name] = float(d.detach().max())
-        loss = loss + weight * F.relu(d + margin).sum()
-    return loss, maxima
+    losses, maxima = frame_loss(model, [FaceView(img, origin, box, hard_r, hard_o)], frame, cfg, gen)
+    maxima[0]["pnet"] = p_max
+    return loss + losses[0], maxima[0]

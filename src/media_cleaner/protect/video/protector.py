@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from media_cleaner.config import Settings
-from media_cleaner.models.mtcnn import MTCNN, Detections, pyramid_scales
+from media_cleaner.models.mtcnn import MTCNN, Detections
 from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.protect.base import VideoContext
-from media_cleaner.protect.video.attack import LossConfig, face_loss, square
+from media_cleaner.protect.video.attack import FaceView, LossConfig, channels_last, frame_loss, square
 from media_cleaner.protect.video.codec import h264_roundtrip, random_codec
 from media_cleaner.protect.video.shaping import region_mask
 
@@ -44,7 +44,9 @@ class VideoAttackConfig:
     eot: float = 1.0  # strength of the random lossy-channel draws (0: none)
     codec_check: bool = True  # real H.264 round trips: straight-through in the steps, and for the check
     crf: int = 18
-    round_trips: int = 1  # real-encoder round trips per frame (evenly spread over its steps)
+    round_trips: int = 1  # real-encoder round trips per frame inside its steps (only without trip_first)
+    trip_first: bool = True  # one round trip + detection before a frame's steps (its candidates, which faces remain)
+    skip_removed: bool = True  # no steps on a frame for faces that round trip's detection no longer finds
     frame_candidates: bool = True  # the round trip also refreshes the hard boxes with a detection on that frame
     min_psnr: float = 40.5  # the perturbation is scaled down on frames where it would fall below this (dB)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -129,6 +131,7 @@ class FaceVideoProtector:
                 torch.set_num_threads(self.settings.torch_threads)
             device = self.settings.device if torch.cuda.is_available() or self.settings.device == "cpu" else "cpu"
             self.model = MTCNN(self.registry.resolve("mtcnn"), device=device)
+            channels_last(self.model)
         self.device = self.model.device
         self.bound = pixel_bound(ctx.epsilon)
         self.int_bound = int(math.floor(self.bound + 1e-6))
@@ -141,6 +144,8 @@ class FaceVideoProtector:
         self.frames = self.groups = self.steps = self.key_frames = 0
         self.faces_found = self.faces_left = self.frames_with_faces = 0
         self.frames_left = 0
+        self.face_frames = self.face_frames_skipped = 0  # faces x frames optimised / skipped as already removed
+        self.skipped: list[list[np.ndarray]] = []  # per frame with faces: the boxes skipped as already removed
         self.seconds = {"detect": 0.0, "optimise": 0.0, "check": 0.0, "apply": 0.0}
         self.prev_delta: np.ndarray | None = None
         self.flicker: list[float] = []  # mean |delta_t - delta_t-1| in 8-bit levels over the whole frame
@@ -181,6 +186,8 @@ class FaceVideoProtector:
             "faces_left_after_optimisation": self.faces_left,
             "groups_with_faces": self.frames_with_faces,
             "groups_with_faces_left": self.frames_left,
+            "face_frames": self.face_frames,
+            "face_frames_skipped_as_removed": self.face_frames_skipped,
             "flicker_mean_abs": round(float(np.mean(self.flicker)), 4) if self.flicker else 0.0,
             "seconds": round(total, 3),
             "seconds_per_frame": round(total / max(1, self.frames), 4),
@@ -231,66 +238,85 @@ class FaceVideoProtector:
         mask = region_mask(frame, rect, tuple(box.tolist()), self.config.floor)
         return rect, torch.from_numpy(mask).to(self.device) * render(face.param, box, self.config.region_margin, rect)
 
-    def _optimise(self, frames: np.ndarray, faces: list[Face], t: int, steps: int) -> None:
-        """`steps` steps of every face's perturbation on frame `t` of the group.
+    def _roundtrip(self, frames: np.ndarray, faces: list[Face], t: int, frac: float) -> tuple[np.ndarray, np.ndarray]:
+        """Frame `t` with the faces' current perturbations through the real encoder, coded after the previous
+        written frame (a predicted frame, as most of the output is): (decoded frame, codec's change (H,W,3))."""
+        adv = self._apply(frames[t : t + 1], faces, frac)
+        if self.prev_out is None or self.prev_out.shape != adv[0].shape:
+            clip, at = adv, 0
+        else:  # (coding it as a B-frame between two references measured no better)
+            clip, at = np.stack([self.prev_out, adv[0]]), 1
+        seen = h264_roundtrip(clip, self.config.crf)[at]
+        return seen, seen.astype(np.float32) - adv[0]
 
-        Half way, the frame with its current perturbation goes through the real encoder once and the codec's change
-        is added from then on (straight-through: gradient as identity); before that, random draws of the
+    def _optimise(self, frames: np.ndarray, faces: list[Face], t: int, steps: int) -> None:
+        """`steps` steps of the perturbations of frame `t`'s faces, all faces in one batched loss per step.
+
+        The frame with its current (warm-started) perturbation first goes through the real encoder and the real
+        detector: faces it no longer finds there get no steps on this frame (`skip_removed`); the others are
+        optimised with the codec's change added (straight-through: gradient as identity). With `trip_first` off,
+        the round trips sit inside the steps instead and the steps before the first one use random draws of the
         differentiable stand-in (`codec.random_codec`).
         """
         t0 = time.perf_counter()
         n, h, w = frames.shape[:3]
         frac = t / max(1, n - 1)
-        scales = pyramid_scales(h, w)
-        alpha = self.config.step_frac * self.bound
+        cfg = self.config
+        alpha = cfg.step_frac * self.bound
         setups = []  # per face: what does not change between steps
         for face in faces:
             box = face.box_at(frac)
-            _, rect = region_of(box, self.config.region_margin, h, w)
+            _, rect = region_of(box, cfg.region_margin, h, w)
             y0, y1, x0, x1 = rect
             if y1 - y0 < 12 or x1 - x0 < 12:
                 continue
-            _, ctx = region_of(box, self.config.region_margin + self.config.context, h, w)
+            _, ctx = region_of(box, cfg.region_margin + cfg.context, h, w)
             cy0, cy1, cx0, cx1 = ctx
-            mask = torch.from_numpy(region_mask(frames[t], rect, tuple(box.tolist()), self.config.floor))
+            mask = torch.from_numpy(region_mask(frames[t], rect, tuple(box.tolist()), cfg.floor))
             pixels = torch.from_numpy(frames[t, cy0:cy1, cx0:cx1]).permute(2, 0, 1)[None].float()
             setups.append((face, box, rect, ctx, mask.to(self.device), pixels.to(self.device)))
         residual: np.ndarray | None = None
-        r = self.config.round_trips
-        trips = {k * steps // (r + 1) for k in range(1, r + 1)} if steps >= 2 * r else set()
-        for step in range(steps):
-            if self.config.codec_check and step in trips:
-                # after the previous written frame, so it is coded as a predicted frame, as most of the output is
-                adv = self._apply(frames[t : t + 1], faces, frac)
-                if self.prev_out is None or self.prev_out.shape != adv[0].shape:
-                    clip, at = adv, 0
-                else:  # (coding it as a B-frame between two references measured no better)
-                    clip, at = np.stack([self.prev_out, adv[0]]), 1
-                seen = h264_roundtrip(clip, self.config.crf)[at]
-                residual = seen.astype(np.float32) - adv[0]
-                if self.config.frame_candidates:  # what the detector itself now evaluates on this frame
+        if cfg.codec_check and cfg.trip_first and setups:
+            seen, residual = self._roundtrip(frames, faces, t, frac)
+            t1 = time.perf_counter()
+            det = self.model.detect(seen[None])
+            self.seconds["check"] += time.perf_counter() - t1
+            if cfg.frame_candidates:  # what the detector itself now evaluates on this frame
+                self._harden(det, faces, frac)
+            if cfg.skip_removed:
+                kept = [s for s in setups if any(iou(b, s[1]) > 0.3 for b in det.boxes[0])]
+                self.face_frames += len(setups)
+                self.face_frames_skipped += len(setups) - len(kept)
+                self.skipped.append([s[1] for s in setups if all(s is not k for k in kept)])
+                setups = kept
+        r = cfg.round_trips
+        trips = set()
+        if cfg.codec_check and not cfg.trip_first and steps >= 2 * r:
+            trips = {k * steps // (r + 1) for k in range(1, r + 1)}
+        for step in range(steps if setups else 0):
+            if step in trips:
+                seen, residual = self._roundtrip(frames, faces, t, frac)
+                if cfg.frame_candidates:
                     t1 = time.perf_counter()
                     self._harden(self.model.detect(seen[None]), faces, frac)
                     self.seconds["check"] += time.perf_counter() - t1
-            params = [f.param.requires_grad_(True) for f in faces]
-            total = params[0].new_zeros(())
+            views = []
             for face, box, (y0, y1, x0, x1), (cy0, cy1, cx0, cx1), mask, pixels in setups:
+                face.param.requires_grad_(True)
                 hard = [torch.from_numpy(from_face(r, box)) for r in (face.hard_r, face.hard_o)]
-                delta = mask * render(face.param, box, self.config.region_margin, (y0, y1, x0, x1))
+                delta = mask * render(face.param, box, cfg.region_margin, (y0, y1, x0, x1))
                 delta = F.pad(delta, (x0 - cx0, cx1 - x1, y0 - cy0, cy1 - y1))
                 x = (pixels + delta).clamp(0, 255)
                 if residual is not None:  # straight-through: the real codec's change, gradient as identity
                     x = x + torch.from_numpy(residual[cy0:cy1, cx0:cx1]).to(self.device).permute(2, 0, 1)[None]
-                elif self.config.eot > 0:
-                    x = random_codec(x, self.gen, self.config.eot)
-                cfg = self.config.loss
-                loss, _ = face_loss(
-                    self.model, x, (cy0, cx0), (h, w), tuple(box.tolist()), scales, cfg, self.gen, *hard
-                )
-                total = total + loss
-            if total.requires_grad:
-                grads = torch.autograd.grad(total, params, allow_unused=True)
-                for face, g in zip(faces, grads, strict=True):
+                elif cfg.eot > 0:
+                    x = random_codec(x, self.gen, cfg.eot)
+                views.append(FaceView(x, (cy0, cx0), tuple(box.tolist()), *hard))
+            losses, _ = frame_loss(self.model, views, (h, w), cfg.loss, self.gen, active_only=True)
+            params = [s[0].param for s in setups]
+            if losses.requires_grad:
+                grads = torch.autograd.grad(losses.sum(), params, allow_unused=True)
+                for (face, *_), g in zip(setups, grads, strict=True):
                     if g is None:
                         continue
                     # momentum on the normalised gradient (MI-FGSM): steadier under the random EOT draws
