@@ -7,6 +7,7 @@ by the attack). Prints a table, writes bench/results/protect_audio.json.
 
     python bench/protect_audio.py                       # every clip, weak level
     python bench/protect_audio.py --levels weak,medium,strong --clips jfk
+    python bench/protect_audio.py --clips english --set steps=80 --set stop_wer=1.0   # AttackConfig overrides
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from media_cleaner.evaluate.quality import finite, snr_db, worst_window_snr_db
 from media_cleaner.evaluate.speech import encode_aac, load_pcm, speech_efficacy
 from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.progress import CancelToken
-from media_cleaner.protect.audio import create
+from media_cleaner.protect.audio import AttackConfig, create
 from media_cleaner.protect.audio.codec import _lag
 from media_cleaner.protect.base import AudioContext
 
@@ -130,9 +131,26 @@ def sliding_worst(original: np.ndarray, protected: np.ndarray, rate: int) -> flo
     return finite(worst, 2)
 
 
-def run(levels: list[str], names: set[str] | None, out_path: Path) -> list[dict]:
+def attack_config(overrides: list[str]) -> AttackConfig:
+    """AttackConfig with `name=value` overrides (values parsed as JSON, else kept as text), e.g. steps=60."""
+    cfg = AttackConfig()
+    for item in overrides:
+        key, _, text = item.partition("=")
+        if key == "steps":  # the protector takes steps per level from `extra`
+            cfg.extra.update(dict.fromkeys(("weak", "medium", "strong"), int(text)))
+            continue
+        current = getattr(cfg, key)  # unknown names fail here
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        setattr(cfg, key, type(current)(value) if isinstance(current, int | float) and value is not None else value)
+    return cfg
+
+
+def run(levels: list[str], names: set[str] | None, out_path: Path, config: AttackConfig | None = None) -> list[dict]:
     settings = load_settings(torch_threads=int(os.environ.get("BENCH_THREADS", "2")))
-    protector = create(settings, ModelRegistry(settings))
+    protector = create(settings, ModelRegistry(settings), config)
     rows: list[dict] = []
     work = Path(tempfile.mkdtemp(prefix="bench_audio_"))
     for name, path, reference in clips():
@@ -176,6 +194,9 @@ def run(levels: list[str], names: set[str] | None, out_path: Path) -> list[dict]
                 "realtime_factor": round(seconds / duration, 3),
                 "load_average_1min": round(load, 2),
                 "steps": ctx.stats.get("steps"),
+                "steps_run": ctx.stats.get("steps_run"),
+                "stopped_at": [g.get("stopped_at") for g in ctx.stats.get("groups", [])],
+                "heard_in_loop": [g.get("heard") for g in ctx.stats.get("groups", [])],
                 "efficacy": efficacy,
             }
             rows.append(row)
@@ -187,7 +208,7 @@ def run(levels: list[str], names: set[str] | None, out_path: Path) -> list[dict]
 
 HEADER = (
     f"{'clip':<22}{'level':<8}{'dur':>6}{'W orig':>8}{'W prot':>8}{'PS orig':>8}{'PS prot':>8}"
-    f"{'SNR':>7}{'worst':>7}{'out':>7}{'off':>7}{'STOI':>7}{'PESQ':>6}{'RTF':>7}"
+    f"{'SNR':>7}{'worst':>7}{'out':>7}{'off':>7}{'STOI':>7}{'PESQ':>6}{'RTF':>7}  steps"
 )
 
 
@@ -201,7 +222,7 @@ def _line(r: dict) -> str:
         f"{f(r['unseen_wer_protected'], '>8.2f')}{f(r['perturbation_snr_db'], '>7.1f')}"
         f"{f(r['perturbation_worst_sliding_1s_snr_db'], '>7.1f')}{f(r['output_snr_db'], '>7.1f')}"
         f"{f(r['protection_off_output_snr_db'], '>7.1f')}{f(r['stoi'], '>7.3f')}{f(r['pesq_wb'], '>6.2f')}"
-        f"{f(r['realtime_factor'], '>7.2f')}"
+        f"{f(r['realtime_factor'], '>7.2f')}  {r.get('steps_run')}"
     )
 
 
@@ -232,9 +253,11 @@ def main() -> None:
     parser.add_argument("--levels", default="weak")
     parser.add_argument("--clips", default="", help="comma-separated clip names (default: all)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "protect_audio.json"))
+    parser.add_argument("--set", action="append", default=[], help="AttackConfig override name=value (repeatable)")
     args = parser.parse_args()
     print(HEADER)
-    rows = run(args.levels.split(","), set(filter(None, args.clips.split(","))) or None, Path(args.out))
+    names = set(filter(None, args.clips.split(","))) or None
+    rows = run(args.levels.split(","), names, Path(args.out), attack_config(args.set))
     print(json.dumps(_document(rows)["summary"], indent=2))
 
 

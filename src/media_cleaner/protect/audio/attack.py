@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from media_cleaner.protect.audio.check import Heard, lost
 from media_cleaner.protect.audio.masking import istft, mask_shape, sliding_budget_gain
 from media_cleaner.protect.audio.surrogate import HOP, N_FRAMES, SAMPLE_RATE, Prompt, WhisperSurrogate
 
@@ -42,10 +43,16 @@ class AttackConfig:
     language_floor: float = -8.0  # ... pushed down to here only, then the budget goes to the other terms
     eot_weight: float = 0.5  # untargeted: end-of-text right after the first timestamp
     no_speech_weight: float = 0.5  # untargeted: no-speech probability (faster-whisper drops such a window)
-    retarget_every: int = 5  # untargeted: steps between greedy decodes of the current state (0: never)
+    retarget_every: int = 5  # untargeted, without a check: steps between greedy decodes of the current state
     max_targets: int = 3  # transcripts pushed per window: the clean one and those it drifts to
     codec_aware: bool = True  # the real output codec in the loop (straight-through), see `run`
     codec_every: int = 4  # steps between passes through the real codec
+    check_every: int = 4  # steps between checks of the coded output with the real recogniser (when one is given)
+    stop_wer: float = 1.0  # ... which stop the optimisation once its WER against the clean transcript reaches this
+    confirmations: int = 2  # ... in this many consecutive checks, the last one decoded as the evaluator does: a
+    # state only just past the boundary flipped back on the delivered file (jfk: lost in the loop, 64% on the file)
+    candidates: int = 32  # transcript terms: log-softmax over each position's top-k tokens (0: the full vocabulary)
+    candidate_every: int = 4  # steps between refreshes of the top-k candidates (a no-grad full-vocabulary pass)
     shift: bool = True  # a random sub-frame delay each step: recognisers' frames never line up with ours
     priming_delay: int = 0  # 16 kHz samples of codec priming the delivered file starts with (set by the protector)
     mask_power: float = 0.0  # amplitude = speech mask ** power: 0 = flat (measured strongest), 1 = under the speech
@@ -101,13 +108,25 @@ class WhisperAttack:
         return torch.tensor(rows, device=device), torch.tensor(weights, device=device)
 
     def _loss(
-        self, logp: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, prompt: Prompt, cfg: AttackConfig
+        self,
+        hidden: torch.Tensor,
+        rows: torch.Tensor,
+        weights: torch.Tensor,
+        prompt: Prompt,
+        cfg: AttackConfig,
+        candidates: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss for one window from teacher-forced log-probabilities (T, L, vocab) of its token rows."""
+        """Loss for one window from the teacher-forced decoder hidden states (T, L, d) of its token rows.
+
+        Logits are computed only where the loss reads them: the full vocabulary at the two head positions (no-speech
+        and language right after SOT, end-of-text right after <|0.00|>), and for the transcript tokens a log-softmax
+        over `candidates` (the union of each position's top-k, the targets, end-of-text and <|0.00|>) or the full
+        vocabulary when None. The candidate set holds nearly all of the probability mass, so it measures the same."""
         prefix = len(prompt.sot_sequence) + 1  # SOT, language, task, <|0.00|>
-        eot = logp[0, prefix - 1, prompt.eot]
-        no_speech = logp[0, 0, prompt.no_speech]  # faster-whisper reads it right after SOT
-        token_logp = logp[:, :-1].gather(-1, rows[:, 1:, None])[..., 0]
+        head = torch.log_softmax(self.s.logits(hidden[0, [0, prefix - 1]]), dim=-1)
+        eot = head[1, prompt.eot]
+        no_speech = head[0, prompt.no_speech]  # faster-whisper reads it right after SOT
+        token_logp = self.token_logp(hidden, rows, weights, candidates)
         counts = weights.sum(-1)
         has = counts > 0
 
@@ -128,10 +147,42 @@ class WhisperAttack:
             loss = loss + cfg.decoder_weight * clean
             terms["clean"] = value(clean)
         if cfg.language_weight:
-            language = logp[0, 0, prompt.sot_sequence[1]]
+            language = head[0, prompt.sot_sequence[1]]
             loss = loss + cfg.language_weight * language.clamp(min=cfg.language_floor)
             terms["language"] = value(language)
         return loss, terms
+
+    def token_logp(
+        self, hidden: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, candidates: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(T, L - 1) log-probabilities of each row's next token where `weights` > 0 (zero elsewhere), normalised
+        over `candidates` (sorted token ids holding every target) or the full vocabulary."""
+        where = (weights > 0).nonzero(as_tuple=True)
+        out = hidden.new_zeros(weights.shape, dtype=torch.float32)
+        if not where[0].numel():
+            return out
+        h = hidden[:, :-1][where]
+        target = rows[:, 1:][where]
+        if candidates is None:
+            logp = torch.log_softmax(self.s.logits(h), -1).gather(-1, target[:, None])[:, 0]
+        else:
+            z = self.s.logits(h, candidates)
+            column = torch.searchsorted(candidates, target)
+            logp = z.gather(-1, column[:, None])[:, 0] - torch.logsumexp(z, -1)
+        return out.index_put(where, logp)
+
+    @torch.no_grad()
+    def candidate_set(self, hidden: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, prompt: Prompt, k: int):
+        """Sorted token ids: each transcript position's top-k under the current state, the targets, end-of-text,
+        <|0.00|> (None when k is 0: the full vocabulary)."""
+        if not k:
+            return None
+        where = (weights > 0).nonzero(as_tuple=True)
+        extra = torch.tensor([prompt.eot, prompt.first_timestamp], device=rows.device)
+        if not where[0].numel():
+            return extra.sort().values
+        top = self.s.logits(hidden[:, :-1][where]).topk(k, -1).indices.flatten()
+        return torch.unique(torch.cat([top, rows[:, 1:][where].flatten(), extra]))
 
     def run(
         self,
@@ -140,14 +191,21 @@ class WhisperAttack:
         codec: Callable[[np.ndarray], np.ndarray] | None = None,
         check: Callable[[], None] = lambda: None,
         progress: Callable[[float], None] = lambda f: None,
+        listen: Callable[[np.ndarray, bool, str | None], Heard] | None = None,
     ) -> tuple[np.ndarray, dict[str, object]]:
-        """Returns (perturbation at 16 kHz, figures)."""
+        """Returns (perturbation at 16 kHz, figures).
+
+        `codec(delta)`: the track with `delta` after the real output codec (16 kHz, aligned); `listen(audio, exact,
+        language)`: what the attacked recogniser transcribes (see `check.py`). With `listen`, every `check_every` steps the coded
+        output (with the delivered file's priming delay) is transcribed: the optimisation stops once the transcript
+        is lost, and otherwise pushes what was heard (replacing the surrogate's greedy retarget decodes)."""
         s = self.s
         device = s.device
         gen = torch.Generator().manual_seed(cfg.seed)
         signal = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
         n = signal.shape[0]
         windows = plan_windows(n)
+        untargeted = cfg.objective == "untargeted" and bool(cfg.decoder_weight)
 
         def coded_base(delta_now: torch.Tensor) -> torch.Tensor:
             """The real output codec, straight-through (BPDA): the forward pass sees exactly what the listener
@@ -159,79 +217,103 @@ class WhisperAttack:
             coded = np.pad(coded, (0, n - coded.shape[0]))
             return torch.from_numpy(coded).to(device) - delta_now.detach()
 
+        def hear(audio: torch.Tensor, exact: bool = True) -> Heard:
+            """The recogniser on `audio` as delivered (priming delay first). The cheap check takes the language
+            from the surrogate (its own detection is a second 30 s encoder pass, as costly as the transcription)."""
+            assert listen is not None
+            language = None
+            if not exact:
+                with torch.no_grad():
+                    mel = s.window_mel(s.features(audio.detach()[None]), windows[0].seek)
+                    content = s.encode_content(mel, contexts[0])
+                    language = s.detect_language(torch.cat([content, contexts[0].tail], 1))[0]
+            return listen(np.pad(audio.detach().cpu().numpy(), (cfg.priming_delay, 0)), exact, language)
+
+        check()
         with torch.no_grad():
             base = coded_base(torch.zeros_like(signal))
-            clean_features = s.features(signal[None])
+            clean_heard = hear(base) if listen is not None else None
             coded_features = s.features((base + 0.0)[None])
-            full = [s.encode(s.window_mel(clean_features, w.seek)) for w in windows]
-            languages = [cfg.language] * len(windows) if cfg.language else s.detect_language(torch.cat(full))
+            # The padded part of each window, fixed from the coded clean track (see surrogate.py).
+            contexts = [s.frozen_context(s.window_mel(coded_features, w.seek), w.content) for w in windows]
+            if clean_heard is not None:  # what the recogniser hears on the coded clean track: language, transcript
+                languages = [cfg.language or clean_heard.language] * len(windows)
+                texts = [(clean_heard.text_between(*_span(w)), _token_limit(w)) for w in windows]
+                clean = [s.tokenizer.encode(" " + t)[:limit] if t else [] for t, limit in texts]
+            else:
+                clean_features = s.features(signal[None])
+                full = [s.encode(s.window_mel(clean_features, w.seek)) for w in windows]
+                languages = [cfg.language] * len(windows) if cfg.language else s.detect_language(torch.cat(full))
+                clean = [
+                    s.greedy_text(f, s.prompt(lang), max_tokens=_token_limit(w))[0] if untargeted else []
+                    for f, lang, w in zip(full, languages, windows, strict=True)
+                ]
             prompts = [s.prompt(lang) for lang in languages]
             if cfg.objective == "phrase":
                 phrase = s.tokenizer.encode(" " + cfg.phrase.strip())
                 targets = [phrase + [p.eot] for p in prompts]
-            elif cfg.objective == "untargeted" and cfg.decoder_weight:
-                targets = [
-                    s.greedy_text(f, p, max_tokens=int(8 + 5 * w.frames * HOP / SAMPLE_RATE))[0]
-                    for f, p, w in zip(full, prompts, windows, strict=True)
-                ]
             else:
-                targets = [[] for _ in prompts]
-            # The padded part of each window, fixed from the coded clean track (see surrogate.py).
-            contexts = [s.frozen_context(s.window_mel(coded_features, w.seek), w.content) for w in windows]
+                targets = clean if untargeted else [[] for _ in prompts]
             targets = [[t] if t else [] for t in targets]  # per window, every transcript seen so far
             decoding = [[p] for p in prompts]  # per window, the language prompts the transcript is pushed under
             rows = [self._rows(d, t, device) for d, t in zip(decoding, targets, strict=True)]
-
+            candidates: list[torch.Tensor | None] = [None] * len(windows)
             shape = mask_shape(signal, floor_db=cfg.mask_floor_db).pow(cfg.mask_power)  # (F, T)
             shape = shape / shape.max().clamp(min=1e-12)
         v = (0.5 * torch.randn((2, *shape.shape), generator=gen)).to(device).requires_grad_(True)
         opt = torch.optim.Adam([v], lr=cfg.lr)
         history: list[float] = []
         last_terms: dict[str, float] = {}
+        heard: list[str] = []
+        stopped_at: int | None = None
+        streak = 0  # consecutive checks that found the transcript lost
 
         def perturbation() -> torch.Tensor:
             delta = istft(shape * torch.complex(v[0], v[1]), n)
             return delta * sliding_budget_gain(delta, signal, SAMPLE_RATE, cfg.snr_db + cfg.margin_db)
 
-        for step in range(cfg.steps):
+        if clean_heard is not None and lost(clean_heard, clean_heard, cfg.stop_wer):
+            stopped_at = 0  # nothing recognisable to begin with
+        for step in range(cfg.steps if stopped_at is None else 0):
             check()
             opt.zero_grad(set_to_none=True)
             delta = perturbation()
-            if codec is not None and step and step % cfg.codec_every == 0:
+            checking = listen is not None and step and step % cfg.check_every == 0
+            if codec is not None and step and (step % cfg.codec_every == 0 or checking):
                 base = coded_base(delta)
-            heard = base + delta
+            retarget = False
+            if checking:
+                assert clean_heard is not None
+                now = hear(base + delta, exact=False)
+                streak = streak + 1 if lost(clean_heard, now, cfg.stop_wer) else 0
+                if streak >= cfg.confirmations:
+                    now = hear(base + delta)  # confirmed as the evaluator decodes
+                    streak = streak if lost(clean_heard, now, cfg.stop_wer) else 0
+                heard.append(now.text)
+                if streak >= cfg.confirmations:
+                    stopped_at = step
+                    break
+                if untargeted:
+                    retarget = self._push_heard(now, windows, prompts, targets, decoding, cfg)
+            heard_audio = base + delta
             if cfg.shift:
                 lag = int(torch.randint(0, HOP, (1,), generator=gen))
                 if cfg.priming_delay and float(torch.rand(1, generator=gen)) < 0.5:
                     lag += cfg.priming_delay
-                heard = _delay(heard, lag)
-            features = s.features(heard[None])
+                heard_audio = _delay(heard_audio, lag)
+            features = s.features(heard_audio[None])
             loss = torch.zeros((), device=device)
-            retarget = (
-                cfg.objective == "untargeted"
-                and cfg.decoder_weight
-                and cfg.retarget_every
-                and step
-                and step % cfg.retarget_every == 0
-            )
+            greedy = listen is None and untargeted and cfg.retarget_every and step and step % cfg.retarget_every == 0
             for i, (w, ctx, prompt) in enumerate(zip(windows, contexts, prompts, strict=True)):
                 content = s.encode_content(s.window_mel(features, w.seek), ctx)
-                if retarget:
-                    # The transcript may have moved to another wording ("1, 2, 3" for "One, two, three") or, once
-                    # the language is pushed away, be decoded under another language prompt: push those too.
-                    full = torch.cat([content.detach(), ctx.tail], 1)
-                    current = s.prompt(s.detect_language(full)[0])
-                    if current.sot_sequence not in [d.sot_sequence for d in decoding[i]] and len(decoding[i]) < 2:
-                        decoding[i].append(current)
-                    # Bounded by the window's audio (3 tokens/s of speech, with room): a drifted decode that loops
-                    # would otherwise make every later step pay for a 30 s window's worth of tokens.
-                    limit = int(8 + 5 * w.frames * HOP / SAMPLE_RATE)
-                    now = s.greedy_text(full, decoding[i][-1], max_tokens=limit)[0][:limit]
-                    if now and now not in targets[i] and len(targets[i]) < cfg.max_targets:
-                        targets[i].append(now)
+                if greedy:
+                    self._push_greedy(s, content, ctx, w, i, targets, decoding, cfg)
+                if greedy or retarget:
                     rows[i] = self._rows(decoding[i], targets[i], device)
-                logp = torch.log_softmax(s.decode_logits(rows[i][0], content, ctx), dim=-1)
-                term, last_terms = self._loss(logp, *rows[i], prompt, cfg)
+                hidden = s.decode_hidden(rows[i][0], content, ctx)
+                if greedy or retarget or candidates[i] is None or step % cfg.candidate_every == 0:
+                    candidates[i] = self.candidate_set(hidden, *rows[i], prompt, cfg.candidates)
+                term, last_terms = self._loss(hidden, *rows[i], prompt, cfg, candidates[i])
                 loss = loss + term / len(windows)
             loss.backward()
             opt.step()
@@ -246,8 +328,61 @@ class WhisperAttack:
             "languages": sorted(set(languages)),
             "languages_drifted_to": sorted({d[-1].language for d in decoding if len(d) > 1}),
             "transcripts_pushed": [len(t) for t in targets],
+            "steps_run": len(history),
+            "stopped_at": stopped_at,
+            "clean_heard": clean_heard.text if clean_heard is not None else None,
+            "heard": heard,
             "loss_first": round(history[0], 4) if history else None,
             "loss_last": round(history[-1], 4) if history else None,
             "last_window_terms": {k: round(val, 3) for k, val in last_terms.items()},
         }
         return delta, figures
+
+    def _push_heard(
+        self,
+        now: Heard,
+        windows: list[Window],
+        prompts: list[Prompt],
+        targets: list[list[list[int]]],
+        decoding: list[list[Prompt]],
+        cfg: AttackConfig,
+    ) -> bool:
+        """Adds what the recogniser heard on the coded output, per window, to the transcripts pushed away (the
+        clean one stays; the latest drift replaces the previous when full); returns whether anything changed."""
+        changed = False
+        for i, w in enumerate(windows):
+            text = now.text_between(*_span(w))
+            if now.language != prompts[i].language and now.language not in [d.language for d in decoding[i]]:
+                if len(decoding[i]) < 2:
+                    decoding[i].append(self.s.prompt(now.language))
+                    changed = True
+            tokens = self.s.tokenizer.encode(" " + text)[: _token_limit(w)] if text else []
+            if tokens and tokens not in targets[i]:
+                targets[i][:] = [*targets[i][: max(1, cfg.max_targets - 1)], tokens]
+                changed = True
+        return changed
+
+    def _push_greedy(self, s, content, ctx, w: Window, i: int, targets, decoding, cfg: AttackConfig) -> None:
+        """Without a real recogniser to ask: the surrogate's greedy decode of the current state is pushed too."""
+        with torch.no_grad():
+            # The transcript may have moved to another wording ("1, 2, 3" for "One, two, three") or, once the
+            # language is pushed away, be decoded under another language prompt.
+            full = torch.cat([content.detach(), ctx.tail], 1)
+            current = s.prompt(s.detect_language(full)[0])
+            if current.sot_sequence not in [d.sot_sequence for d in decoding[i]] and len(decoding[i]) < 2:
+                decoding[i].append(current)
+            limit = _token_limit(w)
+            now = s.greedy_text(full, decoding[i][-1], max_tokens=limit)[0][:limit]
+            if now and now not in targets[i] and len(targets[i]) < cfg.max_targets:
+                targets[i].append(now)
+
+
+def _span(w: Window) -> tuple[float, float]:
+    """The window's time span in seconds."""
+    return w.seek * HOP / SAMPLE_RATE, (w.seek + N_FRAMES) * HOP / SAMPLE_RATE
+
+
+def _token_limit(w: Window) -> int:
+    """Tokens a window's transcript may take (3 tokens/s of speech, with room): a drifted decode that loops would
+    otherwise make every later step pay for a 30 s window's worth of tokens."""
+    return int(8 + 5 * w.frames * HOP / SAMPLE_RATE)

@@ -113,17 +113,19 @@ def project_to_floor(
         ref = original[c].astype(np.float64)
         delta = protected[c].astype(np.float64) - ref
         n = ref.shape[0]
+        ref_energy = np.concatenate([[0.0], np.cumsum(ref * ref)])
         for _ in range(3):  # smoothing lowers gains further, so a second pass is nearly always a no-op
             gain = np.ones(n)
+            delta_energy = np.concatenate([[0.0], np.cumsum(delta * delta)])  # window sums in O(1)
             for offset in range(0, size, max(1, size // GRIDS)):
                 for start in range(offset - size if offset else 0, n, size):
                     lo, hi = max(0, start), min(n, start + size)
                     if hi <= lo:
                         continue
-                    budget = float(np.dot(ref[lo:hi], ref[lo:hi])) * target
-                    energy = float(np.dot(delta[lo:hi], delta[lo:hi]))
+                    budget = (ref_energy[hi] - ref_energy[lo]) * target
+                    energy = delta_energy[hi] - delta_energy[lo]
                     if energy > budget:
-                        gain[lo:hi] = np.minimum(gain[lo:hi], np.sqrt(budget / energy))
+                        gain[lo:hi] = np.minimum(gain[lo:hi], np.sqrt(max(budget, 0.0) / energy))
             if np.all(gain >= 1.0):
                 break
             delta *= _smooth_below(gain, ramp)

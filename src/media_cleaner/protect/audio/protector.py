@@ -16,6 +16,7 @@ from media_cleaner.config import Settings
 from media_cleaner.evaluate.quality import finite, snr_db, worst_window_snr_db
 from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.protect.audio.attack import AttackConfig, WhisperAttack
+from media_cleaner.protect.audio.check import FasterWhisperCheck
 from media_cleaner.protect.audio.codec import aac_roundtrip
 from media_cleaner.protect.audio.masking import LEVEL_SNR_DB, project_to_floor
 from media_cleaner.protect.audio.surrogate import SAMPLE_RATE, WhisperSurrogate
@@ -71,6 +72,7 @@ class WhisperAudioProtector:
         self.registry = registry
         self.config = config or AttackConfig()
         self._attack: WhisperAttack | None = None
+        self._listen: FasterWhisperCheck | None = None
 
     def prepare(self, ctx: AudioContext) -> None:
         if self._attack is None:
@@ -79,6 +81,9 @@ class WhisperAudioProtector:
             if self.settings.torch_threads:
                 torch.set_num_threads(self.settings.torch_threads)
             self._attack = WhisperAttack(WhisperSurrogate(load_whisper(self.settings, self.registry)))
+            if self.config.check_every:
+                model_dir = str(self.registry.resolve("whisper-base-ct2"))
+                self._listen = FasterWhisperCheck(model_dir, self.settings.torch_threads or 1)
 
     def config_for(self, level: str) -> AttackConfig:
         return replace(self.config, snr_db=LEVEL_SNR_DB[level], steps=self.config.extra.get(level, LEVEL_STEPS[level]))
@@ -110,7 +115,12 @@ class WhisperAudioProtector:
 
             run_cfg = replace(cfg, priming_delay=round(AAC_PRIMING * SAMPLE_RATE / rate)) if cfg.codec_aware else cfg
             delta16, info = self._attack.run(
-                x16, run_cfg, codec if cfg.codec_aware else None, check=ctx.cancel.check, progress=report
+                x16,
+                run_cfg,
+                codec if cfg.codec_aware else None,
+                check=ctx.cancel.check,
+                progress=report,
+                listen=self._listen,
             )
             # The perturbation lives below 8 kHz; bring it to the track's rate and give it to every channel.
             delta = _fit(_resample(delta16, SAMPLE_RATE, rate), mix.shape[0])
@@ -131,6 +141,7 @@ class WhisperAudioProtector:
                 "level": ctx.level,
                 "snr_floor_db": cfg.snr_db,
                 "steps": cfg.steps,
+                "steps_run": [f["steps_run"] for f in figures],
                 "groups": figures,
                 "perturbation_snr_db": finite(snr_db(pcm, protected)),
                 "perturbation_worst_1s_snr_db": finite(worst_window_snr_db(pcm, protected, rate, 1.0)),

@@ -133,7 +133,18 @@ class WhisperSurrogate:
 
     def decode_logits(self, tokens: torch.Tensor, content: torch.Tensor, ctx: FrozenContext) -> torch.Tensor:
         """Teacher-forced decoder logits (B, L, vocab) over the encoder outputs `content` (B or 1 rows) + the
-        frozen rest; one window's content serves several token rows (its cross-attention projected once)."""
+        frozen rest."""
+        return self.logits(self.decode_hidden(tokens, content, ctx))
+
+    def logits(self, hidden: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of decoder hidden states (..., d) over the vocabulary, or over the token ids `ids` only: the
+        full 51,865-token projection (and its backward) was a fifth of the attack's time at every position."""
+        weight = self.model.decoder.token_embedding.weight
+        return (hidden @ (weight if ids is None else weight[ids]).T).float()
+
+    def decode_hidden(self, tokens: torch.Tensor, content: torch.Tensor, ctx: FrozenContext) -> torch.Tensor:
+        """Teacher-forced decoder hidden states (B, L, d), final layer norm applied (`logits` projects them); one
+        window's content serves several token rows (its cross-attention projected once)."""
         dec = self.model.decoder
         x = dec.token_embedding(tokens) + dec.positional_embedding[: tokens.shape[1]]
         batch = tokens.shape[0]
@@ -147,7 +158,7 @@ class WhisperSurrogate:
             k, v = k.expand(batch, -1, -1), v.expand(batch, -1, -1)
             x = x + _attention(ca, ca.query(h), k, v)
             x = x + block.mlp(block.mlp_ln(x))
-        return (dec.ln(x) @ dec.token_embedding.weight.T).float()
+        return dec.ln(x)
 
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """Encoder on (B, n_mels, T) with T even and <= 3000 -> (B, T // 2, d_model)."""

@@ -1,0 +1,65 @@
+"""What the attacked recogniser really hears: faster-whisper (CTranslate2, int8) with its default decoding, as the
+evaluator runs it, on the protected track after the real output codec.
+
+The attack asks it every few steps: it stops as soon as the transcript is lost (most tracks need far fewer steps
+than the hard ones), and what it hears instead (another wording, another language) is the next thing to push away.
+A check decodes greedily at temperature 0; a loss it reports is confirmed with the evaluator's full decoding before
+the attack stops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from media_cleaner.evaluate.speech import wer
+
+
+@dataclass
+class Heard:
+    """One faster-whisper transcription of a 16 kHz track."""
+
+    text: str
+    language: str
+    segments: list[tuple[float, str]] = field(default_factory=list)  # (start in seconds, text)
+
+    def text_between(self, start: float, end: float) -> str:
+        """The segments that start in [start, end): one 30 s window's share of the transcript."""
+        return " ".join(t for s, t in self.segments if start <= s < end).strip()
+
+
+def lost(clean: Heard, now: Heard, goal: float) -> bool:
+    """The transcript is lost when the word error rate of what is heard now against what was heard on the clean
+    track reaches `goal` (nothing heard at all counts as lost; so does a clean track with nothing to hear)."""
+    return not clean.text or not now.text or wer(clean.text, now.text) >= goal
+
+
+@lru_cache(maxsize=2)
+def _model(model_dir: str, threads: int):
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=threads)
+
+
+class FasterWhisperCheck:
+    """`check(audio16) -> Heard`; the model is loaded on the first call and kept."""
+
+    def __init__(self, model_dir: str, threads: int = 1) -> None:
+        self.model_dir, self.threads = model_dir, threads
+
+    def __call__(self, audio: np.ndarray, exact: bool = True, language: str | None = None) -> Heard:
+        """`exact`: the evaluator's decoding (beam 5, temperature fallback, language detection); else greedy at
+        temperature 0 only (several times cheaper on gibberish, where the fallback samples five more decodes),
+        under `language` when given (detection is a second encoder pass)."""
+        if audio.size == 0:
+            return Heard("", language or "en")
+        # Speech runs at ~3 tokens/s: the cap only cuts decodes that loop on gibberish (lost either way).
+        cap = int(16 + 6 * audio.size / 16000)
+        options = {} if exact else {"temperature": 0.0, "language": language, "max_new_tokens": cap}
+        beam = 5 if exact else 1
+        model = _model(self.model_dir, self.threads)
+        segments, info = model.transcribe(audio.astype(np.float32), beam_size=beam, **options)
+        parts = [(float(s.start), s.text.strip()) for s in segments]
+        return Heard(" ".join(t for _, t in parts).strip(), info.language, parts)
