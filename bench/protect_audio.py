@@ -197,6 +197,7 @@ def run(levels: list[str], names: set[str] | None, out_path: Path, config: Attac
                 "steps_run": ctx.stats.get("steps_run"),
                 "stopped_at": [g.get("stopped_at") for g in ctx.stats.get("groups", [])],
                 "heard_in_loop": [g.get("heard") for g in ctx.stats.get("groups", [])],
+                "last_terms": [g.get("last_window_terms") for g in ctx.stats.get("groups", [])],
                 "efficacy": efficacy,
             }
             rows.append(row)
