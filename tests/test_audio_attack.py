@@ -98,3 +98,36 @@ def test_check_stops_the_optimisation_once_the_transcript_is_lost(attack, shared
     assert figures["stopped_at"] == 4 and figures["steps_run"] == 4 and len(calls) == 4
     assert figures["heard"] == ["one two three", ""]
     assert np.allclose(calls[-1], np.pad(audio + delta, (100, 0)), atol=1e-5)  # the returned state was checked
+
+
+def test_a_loss_needs_consecutive_checks_and_the_evaluators_decoding(attack, shared_data) -> None:
+    """With `confirmations=2` a single lost check is not enough (a state just past the boundary flipped back on
+    the file), and the stop waits for the full decoding to agree."""
+    _, prot = attack
+    audio = load_pcm(shared_data / "audio" / "LJ002-0020.wav")
+    # What the recogniser "hears" at each call: the clean track, then checks at steps 2, 4, 6, 8 (+ confirmation).
+    script = ["in 1813", "", "in 1813", "", "", "", ""]
+    calls: list[bool] = []
+
+    def listen(pcm: np.ndarray, exact: bool, language: str | None) -> Heard:
+        calls.append(exact)
+        return Heard(script[len(calls) - 1], "en")
+
+    cfg = AttackConfig(steps=20, check_every=2, codec_every=2, confirmations=2)
+    _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=listen)
+    assert figures["stopped_at"] == 8 and figures["heard"] == ["", "in 1813", "", ""]
+    assert calls == [True, False, False, False, False, True]  # only the stopping check is decoded in full
+
+
+def test_decoy_rows_are_pulled_up(attack) -> None:
+    _, prot = attack
+    a, s = prot._attack, prot._attack.s
+    prompt, other = s.prompt("en"), s.prompt("de")
+    decoy = s.tokenizer.encode(" Thank you.")
+    rows, weights = a._rows([prompt, other], [[400, 401, 402]], s.device, decoy)
+    assert rows.shape[0] == 3 and rows[2, 1] == prompt.sot_sequence[1]  # the decoy under the track's language
+    assert weights[2].sum() == -len(decoy) and weights[:2].sum() == 6
+    hidden = torch.randn(3, rows.shape[1], s.model.dims.n_text_state)
+    _, terms = a._loss(hidden, rows, weights, prompt, AttackConfig(decoy="Thank you."), None)
+    full = torch.log_softmax(s.logits(hidden[2, :-1]), -1).gather(-1, rows[2, 1:, None])[:, 0]
+    assert abs(terms["decoy"] - float(full[weights[2] < 0].mean())) < 1e-3
