@@ -207,6 +207,6 @@ def test_weak_level_defeats_whisper_after_aac(tmp_path, shared_data, clip: str, 
     result = speech_efficacy(original, protected, settings, reference=reference)["whisper"]
     assert result["wer_original"] <= 0.5, result  # the clip is recognised without protection
     assert result["wer_protected"] >= 0.9, result
-    # The check on the coded output stopped the optimisation early (measured: 8-20 of 40 steps on these clips).
+    # The check on the coded output stopped the optimisation early (measured: 8-20 of 80 steps on these clips).
     assert ctx.stats["steps_run"][0] < ctx.stats["steps"], ctx.stats
     assert ctx.stats["groups"][0]["stopped_at"] == ctx.stats["steps_run"][0]

@@ -34,7 +34,7 @@ class AttackConfig:
     """Defaults are the measured best at the weak level on this CPU (see README, "Audio protection")."""
 
     snr_db: float = 40.0
-    steps: int = 40
+    steps: int = 80  # at most; the check on the coded output stops most tracks far earlier
     lr: float = 0.3
     objective: str = "untargeted"  # untargeted | silence | phrase
     phrase: str = ""
