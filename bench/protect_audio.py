@@ -115,6 +115,15 @@ def perceptual(original: np.ndarray, rate: int, path: Path) -> dict[str, float |
     return out
 
 
+def forced_language_wer(plain: Path, protected: Path, settings, reference: str | None) -> float:
+    """Whisper WER on the protected file with the language forced to English (part of the attack's effect is the
+    language detection pushed away; a service may force it). Reference: as `speech_efficacy` takes it."""
+    from media_cleaner.evaluate.speech import wer, whisper_transcribe
+
+    ref = reference if reference is not None else whisper_transcribe(load_pcm(plain), settings, language="en")
+    return round(wer(ref, whisper_transcribe(load_pcm(protected), settings, language="en")), 4)
+
+
 def sliding_worst(original: np.ndarray, protected: np.ndarray, rate: int) -> float | None:
     """Worst perturbation SNR over every 1 s window (hop 0.1 s) with speech, per channel."""
     size, hop = rate, rate // 10
@@ -170,6 +179,7 @@ def run(levels: list[str], names: set[str] | None, out_path: Path, config: Attac
             seconds = time.perf_counter() - started
             out_file = encode_aac(protected, rate, work / f"{name}_{level}.m4a", settings.audio_bitrate)
             efficacy = speech_efficacy(plain, out_file, settings, reference)
+            forced = forced_language_wer(plain, out_file, settings, reference)
             row = {
                 "clip": name,
                 "file": str(path.relative_to(DATA)),
@@ -180,6 +190,7 @@ def run(levels: list[str], names: set[str] | None, out_path: Path, config: Attac
                 "whisper_wer_original": efficacy["whisper"]["wer_original"],
                 "whisper_wer_protected": efficacy["whisper"]["wer_protected"],
                 "whisper_protected_text": efficacy["whisper"]["protected_text"],
+                "whisper_wer_protected_forced_en": forced,
                 "unseen_wer_original": efficacy["unseen"]["wer_original"],
                 "unseen_wer_protected": efficacy["unseen"]["wer_protected"],
                 "unseen_wer_vs_own_original": efficacy["unseen"]["wer_vs_own_original"],
@@ -236,6 +247,9 @@ def _document(rows: list[dict]) -> dict:
             "whisper_wer_protected_min": min(r["whisper_wer_protected"] for r in sel),
             "whisper_wer_protected_mean": round(float(np.mean([r["whisper_wer_protected"] for r in sel])), 4),
             "unseen_wer_protected_mean": round(float(np.mean([r["unseen_wer_protected"] for r in sel])), 4),
+            "whisper_wer_protected_forced_en_mean": round(
+                float(np.mean([r["whisper_wer_protected_forced_en"] for r in sel])), 4
+            ),
             "unseen_wer_original_mean": round(float(np.mean([r["unseen_wer_original"] for r in sel])), 4),
             "realtime_factor_total": round(
                 sum(r["protect_seconds"] for r in sel) / sum(r["duration_s"] for r in sel), 3
