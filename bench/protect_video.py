@@ -9,7 +9,8 @@ and then, always on the decoded files:
   efficacy   frames with a face found, original vs protected, by the surrogate MTCNN and by OpenCV's Haar cascade
              (never seen by the optimisation), every K-th frame
   quality    the perturbation before encoding (PSNR, SSIM from the engine's in-run meter; flicker from the
-             protector), and end to end: protected file vs original next to the protection-off file vs original
+             protector), and end to end: protected file vs original next to the protection-off file vs original,
+             and both files' sizes (same encoder settings: what the perturbation costs in bits)
   speed      wall and CPU seconds (user + system of this process) per frame, realtime factor, ratio to `off`
 The machine is shared: CPU time is the steadier measure of the work done; wall time is what a user waits.
 Prints a table and writes bench/results/protect_video.json.
@@ -106,6 +107,8 @@ def bench_clip(name: str, source: Path, args: argparse.Namespace, workdir: Path)
             "e2e_ssim_off": e2e_off.get("ssim_mean"),
             "e2e_flicker_protected": e2e_on.get("flicker_mean_abs"),
             "e2e_flicker_off": e2e_off.get("flicker_mean_abs"),
+            "output_bytes_protected": protected_path.stat().st_size,
+            "output_bytes_off": off_path.stat().st_size,
         },
         "speed": {
             "off_wall_s": round(off_wall, 2),

@@ -330,6 +330,21 @@ _BT601_LIMITED = np.array(
 )
 
 
+def add_rgb_delta(i420: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """An I420 frame (H*3/2, W uint8, BT.601 limited) plus a change in RGB levels (H, W, 3): luma per pixel, chroma
+    as the 2x2 mean of the change (as an RGB -> I420 conversion averages it). Even H and W."""
+    if not delta.any():
+        return i420
+    yuv = i420.astype(np.float32)
+    h, w = delta.shape[:2]
+    d = delta.astype(np.float32)
+    yuv[:h] += d @ _BT601_LIMITED[0]
+    c = d.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+    yuv[h : h + h // 4] += (c @ _BT601_LIMITED[1]).reshape(h // 4, w)
+    yuv[h + h // 4 :] += (c @ _BT601_LIMITED[2]).reshape(h // 4, w)
+    return np.clip(np.rint(yuv), 0, 255).astype(np.uint8)
+
+
 class _VideoEncoder:
     """libx264 encoding with timestamps carried from the input (shifted so the file starts at 0)."""
 
@@ -395,16 +410,8 @@ class _VideoEncoder:
         keep their decoded values exactly. Going YUV -> RGB -> YUV instead loses ~1.5-2 dB PSNR on every pixel
         (chroma resampling and rounding twice), more than a small protective perturbation itself costs."""
         for frame, d in zip(frames, delta, strict=True):
-            yuv = frame.to_ndarray(format="yuv420p").astype(np.float32)  # I420: (H*3/2, W)
-            h, w = d.shape[:2]
-            if d.any():
-                d = d.astype(np.float32)
-                yuv[:h] += d @ _BT601_LIMITED[0]
-                # chroma: the 2x2 mean of the change, as an RGB -> I420 conversion would average it
-                c = d.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
-                yuv[h : h + h // 4] += (c @ _BT601_LIMITED[1]).reshape(h // 4, w)
-                yuv[h + h // 4 :] += (c @ _BT601_LIMITED[2]).reshape(h // 4, w)
-            out = av.VideoFrame.from_ndarray(np.clip(np.rint(yuv), 0, 255).astype(np.uint8), format="yuv420p")
+            yuv = add_rgb_delta(frame.to_ndarray(format="yuv420p"), d)
+            out = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
             out.pts = self._pts(frame.pts)
             out.time_base = self.time_base
             self.output.mux(self.stream.encode(out))

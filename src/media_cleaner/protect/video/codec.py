@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from media_cleaner.media.pipeline import pad_even
+from media_cleaner.media.pipeline import add_rgb_delta, pad_even
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -55,18 +55,28 @@ def random_codec(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -
     return x.clamp(0, 255)
 
 
-def h264_roundtrip(frames: np.ndarray, crf: int = 18, preset: str = "medium") -> np.ndarray:
+def h264_roundtrip(
+    frames: np.ndarray, crf: int = 18, preset: str = "medium", base: np.ndarray | None = None
+) -> np.ndarray:
     """RGB frames (N,H,W,3 uint8) through the product's own encoder settings (libx264 yuv420p, CRF) and back: what
-    the detector will see in the output file (the first frame intra, the rest predicted, as in a GOP)."""
+    the detector will see in the output file (the first frame intra, the rest predicted, as in a GOP).
+
+    With `base` (the unprotected frames) and an even size, each frame is coded as the pipeline codes a protector's
+    output: the base's YUV plus the change (`frames - base`) added in YUV, not a re-conversion of every pixel."""
     n, h, w = frames.shape[:3]
     padded = pad_even(frames)
+    delta = base is not None and h % 2 == 0 and w % 2 == 0
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = padded.shape[2], padded.shape[1], "yuv420p"
         stream.options = {"crf": str(crf), "preset": preset}
-        for rgb in padded:
-            yuv = av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+        for k, rgb in enumerate(padded):
+            if delta:
+                i420 = add_rgb_delta(cv2.cvtColor(base[k], cv2.COLOR_RGB2YUV_I420), rgb.astype(np.int16) - base[k])
+            else:
+                i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+            yuv = av.VideoFrame.from_ndarray(i420, format="yuv420p")
             for packet in stream.encode(yuv):
                 out.mux(packet)
         for packet in stream.encode():

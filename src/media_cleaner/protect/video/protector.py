@@ -44,6 +44,7 @@ class VideoAttackConfig:
     eot: float = 1.0  # strength of the random lossy-channel draws (0: none)
     codec_check: bool = True  # real H.264 round trips: straight-through in the steps, and for the check
     crf: int = 18
+    yuv_delta: bool = True  # round trips code the change added to the frame's YUV, as the pipeline writes it
     round_trips: int = 1  # real-encoder round trips per frame inside its steps (only without trip_first)
     trip_first: bool = True  # one round trip + detection before a frame's steps (its candidates, which faces remain)
     # steps on a frame for the faces that round trip's detection no longer finds (measured on the first 27 frames
@@ -151,6 +152,7 @@ class FaceVideoProtector:
         self.prev_boxes: np.ndarray | None = None  # detections on the last key frame, reused as the next first
         self.last_det: Detections | None = None  # the latest key-frame detection with its stages' candidates
         self.prev_out: np.ndarray | None = None  # the last protected frame: the reference of the codec round trips
+        self.prev_in: np.ndarray | None = None  # and the same frame unprotected
         self.tracks: list[Face] = []
         self.frames = self.groups = self.steps = self.key_frames = 0
         self.faces_found = self.faces_left = self.frames_with_faces = 0
@@ -254,10 +256,10 @@ class FaceVideoProtector:
         written frame (a predicted frame, as most of the output is): (decoded frame, codec's change (H,W,3))."""
         adv = self._apply(frames[t : t + 1], faces, frac)
         if self.prev_out is None or self.prev_out.shape != adv[0].shape:
-            clip, at = adv, 0
+            clip, base, at = adv, frames[t : t + 1], 0
         else:  # (coding it as a B-frame between two references measured no better)
-            clip, at = np.stack([self.prev_out, adv[0]]), 1
-        seen = h264_roundtrip(clip, self.config.crf)[at]
+            clip, base, at = np.stack([self.prev_out, adv[0]]), np.stack([self.prev_in, frames[t]]), 1
+        seen = h264_roundtrip(clip, self.config.crf, base=base if self.config.yuv_delta else None)[at]
         return seen, seen.astype(np.float32) - adv[0]
 
     def _optimise(self, frames: np.ndarray, faces: list[Face], t: int) -> None:
@@ -376,14 +378,15 @@ class FaceVideoProtector:
         self.seconds["apply"] += time.perf_counter() - t0
         return out
 
-    def _check(self, adv: np.ndarray, faces: list[Face]) -> int:
+    def _check(self, adv: np.ndarray, faces: list[Face], frames: np.ndarray) -> int:
         """Faces the real detector still finds on the group's last frame after the protected group went through a
         real H.264 round trip (the product's own encoder settings), i.e. what the output file will show.
 
         The candidates it sent to R-Net and O-Net near each face become that face's hard boxes for the next frames.
         """
         t0 = time.perf_counter()
-        seen = h264_roundtrip(adv, self.config.crf) if self.config.codec_check else adv
+        base = frames if self.config.yuv_delta else None
+        seen = h264_roundtrip(adv, self.config.crf, base=base) if self.config.codec_check else adv
         det = self.model.detect(seen[-1:])
         left = sum(int(any(iou(b, face.last) > 0.3 for b in det.boxes[0])) for face in faces)
         self._harden(det, faces)
@@ -423,8 +426,8 @@ class FaceVideoProtector:
             for face in faces:
                 face.fresh = False
             out[t] = self._apply(frames[t : t + 1], faces, t / max(1, n - 1), record=True)[0]
-            self.prev_out = out[t]
-        left = self._check(out, faces)
+            self.prev_out, self.prev_in = out[t], frames[t]
+        left = self._check(out, faces, frames)
         self.faces_left += left
         self.frames_left += int(left > 0)
         return out
