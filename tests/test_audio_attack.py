@@ -15,7 +15,7 @@ from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.progress import CancelToken
 from media_cleaner.protect.audio import AttackConfig, create
 from media_cleaner.protect.audio.attack import plan_windows
-from media_cleaner.protect.audio.check import FasterWhisperCheck, Heard, lost
+from media_cleaner.protect.audio.check import MAX_NEW_TOKENS, FasterWhisperCheck, Heard, lost, token_cap
 from media_cleaner.protect.base import AudioContext
 
 MODEL_CACHE = Path(__file__).resolve().parent.parent / ".venv" / "model_cache"
@@ -131,3 +131,16 @@ def test_decoy_rows_are_pulled_up(attack) -> None:
     _, terms = a._loss(hidden, rows, weights, prompt, AttackConfig(decoy="Thank you."), None)
     full = torch.log_softmax(s.logits(hidden[2, :-1]), -1).gather(-1, rows[2, 1:, None])[:, 0]
     assert abs(terms["decoy"] - float(full[weights[2] < 0].mean())) < 1e-3
+
+
+@pytest.mark.slow
+def test_greedy_check_of_a_long_track_fits_the_decoder_context(attack, shared_data) -> None:
+    """A 60 s track: the second 30 s window is decoded with the first one's text as prompt, and the greedy check's
+    token cap must leave room for it in Whisper's 448-token context (faster-whisper refuses it otherwise)."""
+    settings, _ = attack
+    audio = load_pcm(shared_data / "audio" / "multilingual.mp3")
+    assert audio.size > 50 * 16000
+    assert token_cap(audio.size) == token_cap(30 * 16000) <= MAX_NEW_TOKENS
+    check = FasterWhisperCheck(str(ModelRegistry(settings).resolve("whisper-base-ct2")), 1)
+    heard = check(audio, exact=False, language="en")
+    assert len(heard.text.split()) > 60 and heard.text_between(30.0, 61.0)

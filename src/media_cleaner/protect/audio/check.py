@@ -36,6 +36,17 @@ def lost(clean: Heard, now: Heard, goal: float) -> bool:
     return not clean.text or not now.text or wer(clean.text, now.text) >= goal
 
 
+# faster-whisper decodes each 30 s window in a 448-token context that starts with up to 223 tokens of the previous
+# window's text (plus the start-of-transcript tokens), and refuses a larger `max_new_tokens` once a prompt is there.
+MAX_NEW_TOKENS = 200
+
+
+def token_cap(samples: int) -> int:
+    """New tokens allowed per window of a greedy check: speech runs at ~3 tokens/s, so the cap only cuts decodes
+    that loop on gibberish (lost either way)."""
+    return min(MAX_NEW_TOKENS, int(16 + 6 * min(samples / 16000, 30.0)))
+
+
 @lru_cache(maxsize=2)
 def _model(model_dir: str, threads: int):
     from faster_whisper import WhisperModel
@@ -55,9 +66,7 @@ class FasterWhisperCheck:
         under `language` when given (detection is a second encoder pass)."""
         if audio.size == 0:
             return Heard("", language or "en")
-        # Speech runs at ~3 tokens/s: the cap only cuts decodes that loop on gibberish (lost either way).
-        cap = int(16 + 6 * audio.size / 16000)
-        options = {} if exact else {"temperature": 0.0, "language": language, "max_new_tokens": cap}
+        options = {} if exact else {"temperature": 0.0, "language": language, "max_new_tokens": token_cap(audio.size)}
         beam = 5 if exact else 1
         model = _model(self.model_dir, self.threads)
         segments, info = model.transcribe(audio.astype(np.float32), beam_size=beam, **options)
