@@ -144,3 +144,12 @@ def test_greedy_check_of_a_long_track_fits_the_decoder_context(attack, shared_da
     check = FasterWhisperCheck(str(ModelRegistry(settings).resolve("whisper-base-ct2")), 1)
     heard = check(audio, exact=False, language="en")
     assert len(heard.text.split()) > 60 and heard.text_between(30.0, 61.0)
+
+
+def test_a_transcript_with_a_surviving_word_is_not_lost() -> None:
+    """Insertions lift the WER past 100% while a word of the clean transcript is still heard: not lost yet."""
+    clean = Heard("Lay blue at X four now.", "en")
+    heard = Heard("Lay la lo bo ki ta tu.", "cy")
+    assert lost(clean, heard, 1.0)  # the WER alone says lost (7 edits for 6 words)
+    assert not lost(clean, heard, 1.0, max_recovered=0.1)  # "lay" is 1 of 6 words
+    assert lost(clean, Heard("Le la lo bo ki ta tu.", "cy"), 1.0, max_recovered=0.1)

@@ -53,6 +53,7 @@ class AttackConfig:
     codec_every: int = 4  # steps between passes through the real codec
     check_every: int = 4  # steps between checks of the coded output with the real recogniser (when one is given)
     stop_wer: float = 1.0  # ... which stop the optimisation once its WER against the clean transcript reaches this
+    stop_recovered: float = 0.1  # ... and at most this share of the clean transcript's words is still heard
     confirmations: int = 2  # ... in this many consecutive checks, the last one decoded as the evaluator does: a
     # state only just past the boundary flipped back on the delivered file (jfk: lost in the loop, 64% on the file)
     candidates: int = 32  # transcript terms: log-softmax over each position's top-k tokens (0: the full vocabulary)
@@ -302,10 +303,10 @@ class WhisperAttack:
             if checking:
                 assert clean_heard is not None
                 now = hear(base + delta, exact=False)
-                streak = streak + 1 if lost(clean_heard, now, cfg.stop_wer) else 0
+                streak = streak + 1 if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
                 if streak >= cfg.confirmations:
                     now = hear(base + delta)  # confirmed as the evaluator decodes
-                    streak = streak if lost(clean_heard, now, cfg.stop_wer) else 0
+                    streak = streak if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
                 heard.append(now.text)
                 if streak >= cfg.confirmations:
                     stopped_at = step

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from media_cleaner.evaluate.speech import wer
+from media_cleaner.evaluate.speech import wer, words_recovered
 
 
 @dataclass
@@ -30,10 +30,13 @@ class Heard:
         return " ".join(t for s, t in self.segments if start <= s < end).strip()
 
 
-def lost(clean: Heard, now: Heard, goal: float) -> bool:
+def lost(clean: Heard, now: Heard, goal: float, max_recovered: float = 1.0) -> bool:
     """The transcript is lost when the word error rate of what is heard now against what was heard on the clean
-    track reaches `goal` (nothing heard at all counts as lost; so does a clean track with nothing to hear)."""
-    return not clean.text or not now.text or wer(clean.text, now.text) >= goal
+    track reaches `goal` and at most `max_recovered` of its words are still heard (insertions can lift the WER past
+    100% while a word survives); nothing heard at all counts as lost, so does a clean track with nothing to hear."""
+    if not clean.text or not now.text:
+        return True
+    return wer(clean.text, now.text) >= goal and words_recovered(clean.text, now.text) <= max_recovered
 
 
 # faster-whisper decodes each 30 s window in a 448-token context that starts with up to 223 tokens of the previous
