@@ -17,7 +17,7 @@ from media_cleaner.protect.audio import AttackConfig, create
 from media_cleaner.protect.audio.attack import plan_windows
 from media_cleaner.protect.audio.codec import aac_roundtrip
 from media_cleaner.protect.audio.masking import LEVEL_SNR_DB, mask_shape, project_to_floor, sliding_budget_gain
-from media_cleaner.protect.audio.protector import channel_groups
+from media_cleaner.protect.audio.protector import _as_heard, channel_groups
 from media_cleaner.protect.base import AudioContext
 
 MODEL_CACHE = Path(__file__).resolve().parent.parent / ".venv" / "model_cache"
@@ -210,3 +210,15 @@ def test_weak_level_defeats_whisper_after_aac(tmp_path, shared_data, clip: str, 
     # The check on the coded output stopped the optimisation early (measured: 8-20 of 80 steps on these clips).
     assert ctx.stats["steps_run"][0] < ctx.stats["steps"], ctx.stats
     assert ctx.stats["groups"][0]["stopped_at"] == ctx.stats["steps_run"][0]
+
+
+@pytest.mark.parametrize(("name", "rate"), [("english.wav", 44100), ("LJ002-0020.wav", 22050)])
+def test_the_loop_hears_a_track_as_recognisers_load_the_file(shared_data, name: str, rate: int) -> None:
+    """The attack's 16 kHz view of a track equals what the evaluator (and faster-whisper) decode from a file at
+    another rate, sample for sample; scipy's polyphase resampler (used before) differs near 8 kHz."""
+    path = shared_data / "audio" / name
+    native, heard = load_pcm(path, rate=rate), load_pcm(path)
+    ours = _as_heard(native, rate)
+    n = min(ours.size, heard.size)
+    assert abs(ours.size - heard.size) <= 1 and n > 16000
+    assert np.abs(ours[:n] - heard[:n]).max() < 1e-5
