@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,17 @@ def load_pcm(path: str | Path, rate: int = RATE, stream: int = 0) -> np.ndarray:
     import av
 
     with av.open(str(path)) as container:
-        audio = container.streams.audio[stream]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        chunks = [f.to_ndarray().reshape(-1) for frame in container.decode(audio) for f in resampler.resample(frame)]
-        chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+        return resample_mono(container.decode(container.streams.audio[stream]), rate)
+
+
+def resample_mono(frames: Iterable[Any], rate: int = RATE) -> np.ndarray:
+    """Audio frames downmixed and resampled to mono float32 at `rate` by FFmpeg's resampler, as faster-whisper's
+    own decode_audio does: the one path by which recognisers (and the attack's loop) hear a track."""
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+    chunks = [f.to_ndarray().reshape(-1) for frame in frames for f in resampler.resample(frame)]
+    chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
 
 
@@ -83,7 +91,8 @@ def words_recovered(reference: str, hypothesis: str) -> float:
 
 
 @lru_cache(maxsize=2)
-def _faster_whisper(model_dir: str, threads: int):
+def faster_whisper_model(model_dir: str, threads: int):
+    """faster-whisper (CTranslate2, int8, CPU) on a model directory, loaded once per (directory, threads)."""
     from faster_whisper import WhisperModel
 
     return WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=threads)
@@ -95,7 +104,7 @@ def whisper_transcribe(pcm: np.ndarray, settings: Settings, language: str | None
 
     if pcm.size == 0:
         return ""
-    model = _faster_whisper(str(ModelRegistry(settings).resolve("whisper-base-ct2")), settings.torch_threads or 2)
+    model = faster_whisper_model(str(ModelRegistry(settings).resolve("whisper-base-ct2")), settings.torch_threads or 2)
     with _LOCK:
         segments, _ = model.transcribe(pcm.astype(np.float32), language=language, beam_size=5)
         return " ".join(s.text.strip() for s in segments).strip()

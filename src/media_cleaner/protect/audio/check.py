@@ -10,11 +10,10 @@ the attack stops.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
-from media_cleaner.evaluate.speech import wer, words_recovered
+from media_cleaner.evaluate.speech import faster_whisper_model, wer, words_recovered
 
 
 @dataclass
@@ -50,13 +49,6 @@ def token_cap(samples: int) -> int:
     return min(MAX_NEW_TOKENS, int(16 + 6 * min(samples / 16000, 30.0)))
 
 
-@lru_cache(maxsize=2)
-def _model(model_dir: str, threads: int):
-    from faster_whisper import WhisperModel
-
-    return WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=threads)
-
-
 class FasterWhisperCheck:
     """`check(audio16) -> Heard`; the model is loaded on the first call and kept."""
 
@@ -71,7 +63,7 @@ class FasterWhisperCheck:
             return Heard("", language or "en")
         options = {} if exact else {"temperature": 0.0, "language": language, "max_new_tokens": token_cap(audio.size)}
         beam = 5 if exact else 1
-        model = _model(self.model_dir, self.threads)
+        model = faster_whisper_model(self.model_dir, self.threads)
         segments, info = model.transcribe(audio.astype(np.float32), beam_size=beam, **options)
         parts = [(float(s.start), s.text.strip()) for s in segments]
         return Heard(" ".join(t for _, t in parts).strip(), info.language, parts)

@@ -15,6 +15,7 @@ from scipy.signal import resample_poly
 
 from media_cleaner.config import Settings
 from media_cleaner.evaluate.quality import finite, snr_db, worst_window_snr_db
+from media_cleaner.evaluate.speech import resample_mono
 from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.protect.audio.attack import AttackConfig, WhisperAttack
 from media_cleaner.protect.audio.check import FasterWhisperCheck
@@ -44,11 +45,9 @@ def _as_heard(x: np.ndarray, rate: int) -> np.ndarray:
     about a quarter of a 40 dB perturbation's amplitude, enough to move a decision the attack sits on."""
     if rate == SAMPLE_RATE:
         return x.astype(np.float32, copy=True)
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x, dtype=np.float32)[None], format="flt", layout="mono")
     frame.sample_rate = rate
-    out = [f.to_ndarray().reshape(-1) for f in [*resampler.resample(frame), *resampler.resample(None)]]
-    return _fit(np.concatenate(out).astype(np.float32), round(x.shape[0] * SAMPLE_RATE / rate))
+    return _fit(resample_mono([frame], SAMPLE_RATE), round(x.shape[0] * SAMPLE_RATE / rate))
 
 
 def _fit(x: np.ndarray, n: int) -> np.ndarray:
