@@ -119,20 +119,6 @@ def test_a_loss_needs_consecutive_checks_and_the_evaluators_decoding(attack, sha
     assert calls == [True, False, False, False, False, True]  # only the stopping check is decoded in full
 
 
-def test_decoy_rows_are_pulled_up(attack) -> None:
-    _, prot = attack
-    a, s = prot._attack, prot._attack.s
-    prompt, other = s.prompt("en"), s.prompt("de")
-    decoy = s.tokenizer.encode(" Thank you.")
-    rows, weights = a._rows([prompt, other], [[400, 401, 402]], s.device, decoy)
-    assert rows.shape[0] == 3 and rows[2, 1] == prompt.sot_sequence[1]  # the decoy under the track's language
-    assert weights[2].sum() == -len(decoy) and weights[:2].sum() == 6
-    hidden = torch.randn(3, rows.shape[1], s.model.dims.n_text_state)
-    _, terms = a._loss(hidden, rows, weights, prompt, AttackConfig(decoy="Thank you."), None)
-    full = torch.log_softmax(s.logits(hidden[2, :-1]), -1).gather(-1, rows[2, 1:, None])[:, 0]
-    assert abs(terms["decoy"] - float(full[weights[2] < 0].mean())) < 1e-3
-
-
 @pytest.mark.slow
 def test_greedy_check_of_a_long_track_fits_the_decoder_context(attack, shared_data) -> None:
     """A 60 s track: the second 30 s window is decoded with the first one's text as prompt, and the greedy check's

@@ -17,7 +17,6 @@ Objectives:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,11 +43,8 @@ class AttackConfig:
     language_floor: float = -8.0  # ... pushed down to here only, then the budget goes to the other terms
     eot_weight: float = 0.5  # untargeted: end-of-text right after the first timestamp
     no_speech_weight: float = 0.5  # untargeted: no-speech probability (faster-whisper drops such a window)
-    no_speech_goal: float = 1.0  # ... raised up to this probability only (1.0: no limit)
     retarget_every: int = 5  # untargeted, without a check: steps between greedy decodes of the current state
     max_targets: int = 3  # transcripts pushed per window: the clean one and those it drifts to
-    decoy: str = ""  # untargeted: a transcript to pull the decoder towards as well (teacher-forced), "" for none
-    decoy_weight: float = 1.0
     codec_aware: bool = True  # the real output codec in the loop (straight-through), see `run`
     codec_every: int = 4  # steps between passes through the real codec
     check_every: int = 4  # steps between checks of the coded output with the real recogniser (when one is given)
@@ -99,20 +95,17 @@ class WhisperAttack:
 
     @staticmethod
     def _rows(
-        prompts: list[Prompt], targets: list[list[int]], device: torch.device, decoy: list[int] | None = None
+        prompts: list[Prompt], targets: list[list[int]], device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token rows (T, L): each prompt (the track's language, then any the detection drifted to) + <|0.00|> +
-        each target, end-of-text padded; weights (T, L - 1) mark the positions whose next token is a target's
-        (1: pushed down) or the `decoy`'s (-1: pulled up; the decoy row comes last under the track's prompt)."""
-        items = [(prompt, target, 1.0) for prompt in prompts for target in targets or [[]]]
-        if decoy:
-            items.append((prompts[0], decoy, -1.0))
-        width = max((len(t) for _, t, _ in items), default=0)
+        each target, end-of-text padded; weights (T, L - 1) mark the positions whose next token is a target's."""
+        items = [(prompt, target) for prompt in prompts for target in targets or [[]]]
+        width = max((len(t) for _, t in items), default=0)
         rows, weights = [], []
-        for prompt, target, sign in items:
+        for prompt, target in items:
             prefix = [*prompt.sot_sequence, prompt.first_timestamp]
             rows.append(prefix + target + [prompt.eot] * (width - len(target)))
-            weights.append([0.0] * (len(prefix) - 1) + [sign] * len(target) + [0.0] * (width - len(target)))
+            weights.append([0.0] * (len(prefix) - 1) + [1.0] * len(target) + [0.0] * (width - len(target)))
         return torch.tensor(rows, device=device), torch.tensor(weights, device=device)
 
     def _loss(
@@ -135,8 +128,8 @@ class WhisperAttack:
         eot = head[1, prompt.eot]
         no_speech = head[0, prompt.no_speech]  # faster-whisper reads it right after SOT
         token_logp = self.token_logp(hidden, rows, weights, candidates)
-        counts = weights.abs().sum(-1)
-        has = weights.sum(-1) > 0  # rows pushed down; < 0: the decoy, pulled up
+        counts = weights.sum(-1)
+        has = counts > 0
 
         def value(t: torch.Tensor) -> float:
             return float(t.detach())
@@ -146,10 +139,7 @@ class WhisperAttack:
         if cfg.objective == "phrase":
             phrase = (token_logp * weights).sum(-1)[0] / counts[0].clamp(min=1.0)
             return -phrase, {"phrase": value(phrase)}
-        # No-speech raised only up to its goal: past faster-whisper's 0.6 threshold the budget is better spent on
-        # the transcript's log-probability (the window is dropped only when that is also below -1).
-        goal = math.log(cfg.no_speech_goal) if cfg.no_speech_goal < 1.0 else 0.0
-        loss = -cfg.eot_weight * eot - cfg.no_speech_weight * no_speech.clamp(max=goal)
+        loss = -cfg.eot_weight * eot - cfg.no_speech_weight * no_speech
         terms = {"eot": value(eot), "no_speech": value(no_speech)}
         if cfg.decoder_weight and bool(has.any()):
             # Each transcript's tokens pushed down until unlikely (floored so one token cannot take the budget).
@@ -157,12 +147,6 @@ class WhisperAttack:
             clean = per_row[has].mean()
             loss = loss + cfg.decoder_weight * clean
             terms["clean"] = value(clean)
-        decoy = weights.sum(-1) < 0
-        if bool(decoy.any()):
-            # per_row of the decoy is minus its mean log-probability: lowering it raises the decoy.
-            pulled = (token_logp * weights).sum(-1)[decoy].mean() / counts[decoy].mean()
-            loss = loss + cfg.decoy_weight * pulled
-            terms["decoy"] = -value(pulled)
         if cfg.language_weight:
             language = head[0, prompt.sot_sequence[1]]
             loss = loss + cfg.language_weight * language.clamp(min=cfg.language_floor)
@@ -273,8 +257,7 @@ class WhisperAttack:
                 targets = clean if untargeted else [[] for _ in prompts]
             targets = [[t] if t else [] for t in targets]  # per window, every transcript seen so far
             decoding = [[p] for p in prompts]  # per window, the language prompts the transcript is pushed under
-            decoy = s.tokenizer.encode(" " + cfg.decoy.strip()) if untargeted and cfg.decoy.strip() else None
-            rows = [self._rows(d, t, device, decoy) for d, t in zip(decoding, targets, strict=True)]
+            rows = [self._rows(d, t, device) for d, t in zip(decoding, targets, strict=True)]
             candidates: list[torch.Tensor | None] = [None] * len(windows)
             shape = mask_shape(signal, floor_db=cfg.mask_floor_db).pow(cfg.mask_power)  # (F, T)
             shape = shape / shape.max().clamp(min=1e-12)
@@ -327,7 +310,7 @@ class WhisperAttack:
                 if greedy:
                     self._push_greedy(s, content, ctx, w, i, targets, decoding, cfg)
                 if greedy or retarget:
-                    rows[i] = self._rows(decoding[i], targets[i], device, decoy)
+                    rows[i] = self._rows(decoding[i], targets[i], device)
                 hidden = s.decode_hidden(rows[i][0], content, ctx)
                 if greedy or retarget or candidates[i] is None or step % cfg.candidate_every == 0:
                     candidates[i] = self.candidate_set(hidden, *rows[i], prompt, cfg.candidates)
