@@ -222,3 +222,36 @@ def test_the_loop_hears_a_track_as_recognisers_load_the_file(shared_data, name: 
     n = min(ours.size, heard.size)
     assert abs(ours.size - heard.size) <= 1 and n > 16000
     assert np.abs(ours[:n] - heard[:n]).max() < 1e-5
+
+
+def test_the_stop_is_decided_on_the_file_as_delivered(tmp_path, shared_data) -> None:
+    """The clean transcript and the confirmation of a stop are decoded from the file the protector writes (projection,
+    AAC in mp4, the evaluator's loading), not from the loop's own coded view: what was confirmed is what ships."""
+    from media_cleaner.evaluate.speech import encode_aac
+
+    settings = load_settings(base_dir=tmp_path, model_cache_dir=MODEL_CACHE, torch_threads=1)
+    # Every check counts as lost (goal 0): the first check at step 2 is confirmed at once and the attack stops.
+    prot = create(
+        settings,
+        ModelRegistry(settings),
+        AttackConfig(check_every=2, confirmations=1, stop_wer=0.0, stop_recovered=1.0),
+    )
+    ctx = AudioContext(settings=settings, level="weak", sample_rate=22050, channels=1, cancel=CancelToken())
+    prot.prepare(ctx)
+    real = prot._listen
+    exact_calls: list[np.ndarray] = []
+
+    def recording(audio: np.ndarray, exact: bool = True, language: str | None = None):
+        if exact:
+            exact_calls.append(audio)
+        return real(audio, exact, language)
+
+    prot._listen = recording
+    pcm = load_pcm(shared_data / "audio" / "LJ002-0020.wav", rate=22050)[None]
+    out = prot.protect_track(pcm, ctx)
+    assert ctx.stats["groups"][0]["stopped_at"] == 2 and len(exact_calls) == 2
+    off = load_pcm(encode_aac(pcm, 22050, tmp_path / "off.m4a"))
+    delivered = load_pcm(encode_aac(out, 22050, tmp_path / "on.m4a"))
+    assert exact_calls[0].shape == off.shape and np.array_equal(exact_calls[0], off)
+    assert exact_calls[1].shape == delivered.shape and np.array_equal(exact_calls[1], delivered)
+    assert not np.array_equal(off, delivered)

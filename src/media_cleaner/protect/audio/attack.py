@@ -17,7 +17,10 @@ Objectives:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +42,7 @@ class AttackConfig:
     phrase: str = ""
     language: str | None = None  # None: detected per window on the clean audio
     decoder_weight: float = 1.0  # untargeted: teacher-forced log-probability of the clean transcript
+    token_loss: str = "logp"  # ... per token: "logp" (floored at -12) or "unlikely" (-log(1 - p))
     language_weight: float = 1.0  # untargeted: log-probability of the track's language at language detection
     language_floor: float = -8.0  # ... pushed down to here only, then the budget goes to the other terms
     eot_weight: float = 0.5  # untargeted: end-of-text right after the first timestamp
@@ -50,8 +54,13 @@ class AttackConfig:
     check_every: int = 4  # steps between checks of the coded output with the real recogniser (when one is given)
     stop_wer: float = 1.0  # ... which stop the optimisation once its WER against the clean transcript reaches this
     stop_recovered: float = 0.1  # ... and at most this share of the clean transcript's words is still heard
+    gate: bool = True  # a check asks the surrogate first (its greedy decode, ~10x cheaper) and the real recogniser
+    # only once the surrogate has lost the transcript, or when `real_every` steps have passed since it last asked
+    real_every: int = 16
     confirmations: int = 2  # ... in this many consecutive checks, the last one decoded as the evaluator does: a
     # state only just past the boundary flipped back on the delivered file (jfk: lost in the loop, 64% on the file)
+    redraws: int = 2  # ... and when the confirming decode fell back to sampling, this many more must agree (the
+    # evaluator samples too: lbax4n's confirmation heard no word left where the evaluator then heard "now")
     candidates: int = 32  # transcript terms: log-softmax over each position's top-k tokens (0: the full vocabulary)
     candidate_every: int = 4  # steps between refreshes of the top-k candidates (a no-grad full-vocabulary pass)
     shift: bool = True  # a random sub-frame delay each step: recognisers' frames never line up with ours
@@ -145,7 +154,13 @@ class WhisperAttack:
             # Each transcript's tokens pushed down until unlikely (floored so one token cannot take the budget).
             per_row = (token_logp.clamp(min=-12.0) * weights).sum(-1) / counts.clamp(min=1.0)
             clean = per_row[has].mean()
-            loss = loss + cfg.decoder_weight * clean
+            if cfg.token_loss == "unlikely":
+                # -log(1 - p): its gradient on a token's logit is p, so the confident tokens (the words that
+                # survive) get the push; log p's gradient is 1 - p, vanishing exactly on them.
+                unlikely = -torch.log1p(-token_logp.clamp(max=-1e-4).exp())
+                loss = loss + cfg.decoder_weight * ((unlikely * weights).sum(-1) / counts.clamp(min=1.0))[has].mean()
+            else:
+                loss = loss + cfg.decoder_weight * clean
             terms["clean"] = value(clean)
         if cfg.language_weight:
             language = head[0, prompt.sot_sequence[1]]
@@ -193,15 +208,29 @@ class WhisperAttack:
         check: Callable[[], None] = lambda: None,
         progress: Callable[[float], None] = lambda f: None,
         listen: Callable[[np.ndarray, bool, str | None], Heard] | None = None,
+        deliver: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> tuple[np.ndarray, dict[str, object]]:
         """Returns (perturbation at 16 kHz, figures).
 
         `codec(delta)`: the track with `delta` after the real output codec (16 kHz, aligned); `listen(audio, exact,
         language)`: what the attacked recogniser transcribes (see `check.py`). With `listen`, every `check_every` steps the coded
         output (with the delivered file's priming delay) is transcribed: the optimisation stops once the transcript
-        is lost, and otherwise pushes what was heard (replacing the surrogate's greedy retarget decodes)."""
+        is lost, and otherwise pushes what was heard (replacing the surrogate's greedy retarget decodes).
+        `deliver(delta)`: the 16 kHz audio of the file the protector would write with `delta` (projection, codec,
+        container, decoding as the evaluator loads it); when given, the clean transcript and every stop are
+        decided on it, so the loop never stops on a state the delivered file does not share."""
         s = self.s
         device = s.device
+        spent: dict[str, float] = defaultdict(float)  # seconds per phase, reported in the figures
+
+        @contextmanager
+        def timed(phase: str) -> Iterator[None]:
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                spent[phase] += time.perf_counter() - started
+
         gen = torch.Generator().manual_seed(cfg.seed)
         signal = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
         n = signal.shape[0]
@@ -218,22 +247,41 @@ class WhisperAttack:
             coded = np.pad(coded, (0, n - coded.shape[0]))
             return torch.from_numpy(coded).to(device) - delta_now.detach()
 
-        def hear(audio: torch.Tensor, exact: bool = True) -> Heard:
+        def hear(audio: torch.Tensor, exact: bool = True, language: str | None = None) -> Heard:
             """The recogniser on `audio` as delivered (priming delay first). The cheap check takes the language
             from the surrogate (its own detection is a second 30 s encoder pass, as costly as the transcription)."""
             assert listen is not None
-            language = None
-            if not exact:
+            if not exact and language is None:
                 with torch.no_grad():
                     mel = s.window_mel(s.features(audio.detach()[None]), windows[0].seek)
                     content = s.encode_content(mel, contexts[0])
                     language = s.detect_language(torch.cat([content, contexts[0].tail], 1))[0]
             return listen(np.pad(audio.detach().cpu().numpy(), (cfg.priming_delay, 0)), exact, language)
 
+        @torch.no_grad()
+        def surrogate_hear(audio: torch.Tensor) -> Heard:
+            """The surrogate's own greedy transcript of `audio` as delivered, per window under the language it
+            detects there: the encoder's content positions only (the rest frozen), a few decoder steps."""
+            features = s.features(_delay(audio.detach(), cfg.priming_delay)[None])
+            parts: list[tuple[float, str]] = []
+            languages: list[str] = []
+            for w, ctx in zip(windows, contexts, strict=True):
+                full = torch.cat([s.encode_content(s.window_mel(features, w.seek), ctx), ctx.tail], 1)
+                languages.append(s.detect_language(full)[0])
+                tokens = s.greedy_text(full, s.prompt(languages[-1]), max_tokens=_token_limit(w))[0]
+                parts.append((_span(w)[0], s.tokenizer.decode(tokens).strip()))
+            return Heard(" ".join(t for _, t in parts if t), languages[0], [p for p in parts if p[1]])
+
         check()
         with torch.no_grad():
-            base = coded_base(torch.zeros_like(signal))
-            clean_heard = hear(base) if listen is not None else None
+            with timed("codec"):
+                base = coded_base(torch.zeros_like(signal))
+            with timed("confirm"):
+                if listen is not None and deliver is not None:
+                    clean_heard = listen(deliver(np.zeros(n, np.float32)), True, None)
+                else:
+                    clean_heard = hear(base) if listen is not None else None
+            setup_started = time.perf_counter()
             coded_features = s.features((base + 0.0)[None])
             # The padded part of each window, fixed from the coded clean track (see surrogate.py).
             contexts = [s.frozen_context(s.window_mel(coded_features, w.seek), w.content) for w in windows]
@@ -261,6 +309,7 @@ class WhisperAttack:
             candidates: list[torch.Tensor | None] = [None] * len(windows)
             shape = mask_shape(signal, floor_db=cfg.mask_floor_db).pow(cfg.mask_power)  # (F, T)
             shape = shape / shape.max().clamp(min=1e-12)
+            spent["setup"] += time.perf_counter() - setup_started
         v = (0.5 * torch.randn((2, *shape.shape), generator=gen)).to(device).requires_grad_(True)
         opt = torch.optim.Adam([v], lr=cfg.lr)
         history: list[float] = []
@@ -268,12 +317,13 @@ class WhisperAttack:
         heard: list[str] = []
         stopped_at: int | None = None
         streak = 0  # consecutive checks that found the transcript lost
+        real_checks, last_real, draws = 0, 0, 0
 
         def perturbation() -> torch.Tensor:
             delta = istft(shape * torch.complex(v[0], v[1]), n)
             return delta * sliding_budget_gain(delta, signal, SAMPLE_RATE, cfg.snr_db + cfg.margin_db)
 
-        if clean_heard is not None and lost(clean_heard, clean_heard, cfg.stop_wer):
+        if clean_heard is not None and not clean_heard.text:
             stopped_at = 0  # nothing recognisable to begin with
         for step in range(cfg.steps if stopped_at is None else 0):
             check()
@@ -281,21 +331,40 @@ class WhisperAttack:
             delta = perturbation()
             checking = listen is not None and step and step % cfg.check_every == 0
             if codec is not None and step and (step % cfg.codec_every == 0 or checking):
-                base = coded_base(delta)
+                with timed("codec"):
+                    base = coded_base(delta)
             retarget = False
             if checking:
                 assert clean_heard is not None
-                now = hear(base + delta, exact=False)
-                streak = streak + 1 if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
+                with timed("check"):
+                    guess = surrogate_hear(base + delta) if cfg.gate and step - last_real < cfg.real_every else None
+                    if guess is None or lost(clean_heard, guess, cfg.stop_wer, cfg.stop_recovered):
+                        now = hear(base + delta, exact=False, language=guess.language if guess else None)
+                        real_checks, last_real = real_checks + 1, step
+                    else:
+                        now = guess  # the surrogate still hears it: so, nearly always, does the recogniser
+                real = now is not guess
+                streak = streak + 1 if real and lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
                 if streak >= cfg.confirmations:
-                    now = hear(base + delta)  # confirmed as the evaluator decodes
-                    streak = streak if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
+                    # Confirmed as the evaluator decodes, on the file as delivered when the protector says how.
+                    with timed("confirm"):
+                        if deliver is None:
+                            delivered = np.pad(_numpy(base + delta), (cfg.priming_delay, 0))
+                        else:
+                            delivered = deliver(_numpy(delta))
+                        for draw in range(1 + cfg.redraws):
+                            draws += bool(draw)
+                            now = listen(delivered, True, None)
+                            streak = streak if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
+                            if not streak or not now.sampled:
+                                break
                 heard.append(now.text)
                 if streak >= cfg.confirmations:
                     stopped_at = step
                     break
                 if untargeted:
                     retarget = self._push_heard(now, windows, prompts, targets, decoding, cfg)
+            step_started = time.perf_counter()
             heard_audio = base + delta
             if cfg.shift:
                 lag = int(torch.randint(0, HOP, (1,), generator=gen))
@@ -318,6 +387,7 @@ class WhisperAttack:
                 loss = loss + term / len(windows)
             loss.backward()
             opt.step()
+            spent["steps"] += time.perf_counter() - step_started
             history.append(float(loss.detach()))
             progress((step + 1) / cfg.steps)
 
@@ -333,9 +403,12 @@ class WhisperAttack:
             "stopped_at": stopped_at,
             "clean_heard": clean_heard.text if clean_heard is not None else None,
             "heard": heard,
+            "real_checks": real_checks,
+            "redraws": draws,
             "loss_first": round(history[0], 4) if history else None,
             "loss_last": round(history[-1], 4) if history else None,
             "last_window_terms": {k: round(val, 3) for k, val in last_terms.items()},
+            "seconds": {k: round(val, 2) for k, val in spent.items()},
         }
         return delta, figures
 
@@ -378,6 +451,10 @@ class WhisperAttack:
             now = s.greedy_text(full, decoding[i][-1], max_tokens=limit)[0][:limit]
             if now and now not in targets[i] and len(targets[i]) < cfg.max_targets:
                 targets[i].append(now)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32)
 
 
 def _span(w: Window) -> tuple[float, float]:

@@ -23,6 +23,7 @@ class Heard:
     text: str
     language: str
     segments: list[tuple[float, str]] = field(default_factory=list)  # (start in seconds, text)
+    sampled: bool = False  # a window's text came from the temperature fallback's sampling: another run may differ
 
     def text_between(self, start: float, end: float) -> str:
         """The segments that start in [start, end): one 30 s window's share of the transcript."""
@@ -65,5 +66,7 @@ class FasterWhisperCheck:
         beam = 5 if exact else 1
         model = faster_whisper_model(self.model_dir, self.threads)
         segments, info = model.transcribe(audio.astype(np.float32), beam_size=beam, **options)
+        segments = list(segments)
         parts = [(float(s.start), s.text.strip()) for s in segments]
-        return Heard(" ".join(t for _, t in parts).strip(), info.language, parts)
+        sampled = any(s.temperature and s.temperature > 0 for s in segments)
+        return Heard(" ".join(t for _, t in parts).strip(), info.language, parts, sampled)

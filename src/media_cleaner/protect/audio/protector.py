@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import replace
 from fractions import Fraction
@@ -15,7 +16,7 @@ from scipy.signal import resample_poly
 
 from media_cleaner.config import Settings
 from media_cleaner.evaluate.quality import finite, snr_db, worst_window_snr_db
-from media_cleaner.evaluate.speech import resample_mono
+from media_cleaner.evaluate.speech import encode_aac, load_pcm, resample_mono
 from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.protect.audio.attack import AttackConfig, WhisperAttack
 from media_cleaner.protect.audio.check import FasterWhisperCheck
@@ -124,6 +125,17 @@ class WhisperAudioProtector:
                 coded = aac_roundtrip(np.clip(trial, -1.0, 1.0), rate, self.settings.audio_bitrate)
                 return _as_heard(coded[group].mean(axis=0), rate)
 
+            def deliver(delta16: np.ndarray, group: list[int] = group, mix: np.ndarray = mix) -> np.ndarray:
+                """What a recogniser loads from the file written with `delta16` on this group (earlier groups'
+                perturbations included): projected, clipped, AAC in mp4, decoded and resampled as the evaluator
+                does. The loop's coded view differs from it by the codec's alignment and the projection."""
+                trial = protected.copy()
+                trial[group] = pcm[group] + _fit(_resample(delta16, SAMPLE_RATE, rate), mix.shape[0])
+                trial = np.clip(project_to_floor(pcm, trial, rate, cfg.snr_db, margin_db=cfg.margin_db), -1.0, 1.0)
+                with tempfile.TemporaryDirectory(prefix="mc_audio_") as tmp:
+                    path = encode_aac(trial, rate, f"{tmp}/delivered.m4a", self.settings.audio_bitrate)
+                    return load_pcm(path)
+
             def report(fraction: float, g: int = g) -> None:
                 ctx.progress((g + fraction) / max(1, len(groups)), "audio")
 
@@ -135,6 +147,7 @@ class WhisperAudioProtector:
                 check=ctx.cancel.check,
                 progress=report,
                 listen=self._listen,
+                deliver=deliver if cfg.codec_aware else None,
             )
             # The perturbation lives below 8 kHz; bring it to the track's rate and give it to every channel.
             delta = _fit(_resample(delta16, SAMPLE_RATE, rate), mix.shape[0])
