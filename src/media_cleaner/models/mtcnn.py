@@ -257,11 +257,20 @@ class MTCNN(nn.Module):
         return self.pnet.conv1.weight.device
 
     @torch.no_grad()
-    def detect(self, images: np.ndarray | torch.Tensor, exact: bool = False) -> Detections:
+    def detect(
+        self,
+        images: np.ndarray | torch.Tensor,
+        exact: bool = False,
+        regions: list[tuple[int, int, int, int]] | None = None,
+    ) -> Detections:
         """Detect faces in RGB images (N,H,W,3) uint8/float 0..255 (or one (H,W,3) image).
 
         `exact` resamples with torch's 'area' mode like facenet-pytorch (slow on CPU); the default uses OpenCV's
         INTER_AREA, which gives the same detections to within a pixel or two and is ~10x faster on crops.
+
+        `regions` (one image only; rects y0 y1 x0 x1) runs P-Net only on the cells of the whole frame's pyramid
+        levels whose windows lie inside one of them, resampled exactly as the whole level (`pnet_regions`); the
+        later stages are unchanged. A face well inside a region gets the detection the whole frame gives it.
         """
         if isinstance(images, torch.Tensor):
             images = images.detach().cpu().numpy()
@@ -285,27 +294,21 @@ class MTCNN(nn.Module):
             data, ok = crops_np(host, inds, windows, size)
             return data.to(dev), ok
 
-        t1, t2, t3 = self.thresholds
+        _, t2, t3 = self.thresholds
 
         # Stage 1: P-Net over the pyramid; NMS per scale and image, then per image.
         all_boxes, all_inds = [], []
         for scale in pyramid_scales(h, w, self.min_face_size, self.factor):
-            data = normalise(pyramid_level((int(h * scale + 1), int(w * scale + 1))))
-            reg, logits = self.pnet(data)
-            probs = torch.softmax(logits, dim=1)[:, 1]
-            mask = probs >= t1
-            idx = mask.nonzero().cpu().numpy()
+            size = (int(h * scale + 1), int(w * scale + 1))
+            if regions is None:
+                boxes, idx = self._pnet_cells(normalise(pyramid_level(size)), scale, (0, 0))
+            else:
+                boxes, idx = self.pnet_regions(host[0], size, scale, regions)
             if len(idx) == 0:
                 continue
-            score = probs[mask].cpu().numpy()
-            r = reg.permute(1, 0, 2, 3)[:, mask].permute(1, 0).cpu().numpy()
-            bb = idx[:, 1:][:, ::-1].astype(np.float32)  # (x, y) cell
-            q1 = np.floor((2 * bb + 1) / scale)
-            q2 = np.floor((2 * bb + 12) / scale)
-            boxes = np.concatenate([q1, q2, score[:, None], r], axis=1)
-            pick = batched_nms(boxes[:, :4], boxes[:, 4], idx[:, 0], 0.5)
+            pick = batched_nms(boxes[:, :4], boxes[:, 4], idx, 0.5)
             all_boxes.append(boxes[pick])
-            all_inds.append(idx[pick, 0])
+            all_inds.append(idx[pick])
         empty = Detections([np.zeros((0, 4))] * n, [np.zeros(0)] * n, [np.zeros((0, 5, 2))] * n)
         if not all_boxes:
             return empty
@@ -372,6 +375,53 @@ class MTCNN(nn.Module):
             out.probs.append(boxes[sel][order, 4])
             out.landmarks.append(marks[sel][order])
         return out
+
+    def _pnet_cells(self, data: torch.Tensor, scale: float, offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """P-Net on normalised level data (N,3,h,w) whose first pixel is the level's `offset` (y, x), an even index:
+        (cells above threshold as [x1 y1 x2 y2 score reg*4] in frame coordinates, their image indices)."""
+        reg, logits = self.pnet(data)
+        probs = torch.softmax(logits, dim=1)[:, 1]
+        mask = probs >= self.thresholds[0]
+        idx = mask.nonzero().cpu().numpy()
+        if len(idx) == 0:
+            return np.zeros((0, 9)), np.zeros(0, dtype=np.int64)
+        score = probs[mask].cpu().numpy()
+        r = reg.permute(1, 0, 2, 3)[:, mask].permute(1, 0).cpu().numpy()
+        bb = idx[:, 1:][:, ::-1].astype(np.float32) + np.array([offset[1] // 2, offset[0] // 2], np.float32)
+        q1 = np.floor((2 * bb + 1) / scale)
+        q2 = np.floor((2 * bb + 12) / scale)
+        return np.concatenate([q1, q2, score[:, None], r], axis=1), idx[:, 0]
+
+    def pnet_regions(
+        self, image: np.ndarray, size: tuple[int, int], scale: float, regions: list[tuple[int, int, int, int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`_pnet_cells` of one pyramid level (`size`) of `image` (H,W,3 float32), restricted to the level's cells
+        whose 12x12 windows depend only on pixels inside one of `regions` (y0 y1 x0 x1), each cell once.
+
+        Each region's level window is resampled with OpenCV's INTER_AREA weights of the whole level
+        (`resize.shrink_window`), starts at an even level index and has an even size unless it reaches the level's
+        edge, so P-Net's stride-2 cells and its ceil-mode pooling see exactly what they see on the whole level."""
+        from media_cleaner.models.resize import inner_span, shrink_window  # noqa: PLC0415 - light module
+
+        h, w = image.shape[:2]
+        found: dict[tuple[int, int], np.ndarray] = {}
+        for y0, y1, x0, x1 in regions:
+            (j0, j1), (i0, i1) = inner_span(h, size[0], y0, y1), inner_span(w, size[1], x0, x1)
+            j0, i0 = j0 + j0 % 2, i0 + i0 % 2
+            j1 -= (j1 - j0) % 2 if j1 < size[0] else 0
+            i1 -= (i1 - i0) % 2 if i1 < size[1] else 0
+            if j1 - j0 < 12 or i1 - i0 < 12:
+                continue
+            patch = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).permute(2, 0, 1)
+            level, _ = shrink_window(patch, (y0, x0), (h, w), size)  # starts at (j0, i0)
+            level = level[:, : j1 - j0, : i1 - i0]
+            boxes, _ = self._pnet_cells(normalise(level[None].to(self.device)), scale, (j0, i0))
+            for b in boxes:
+                found.setdefault((int(b[0]), int(b[1])), b)
+        if not found:
+            return np.zeros((0, 9)), np.zeros(0, dtype=np.int64)
+        keys = sorted(found, key=lambda k: (k[1], k[0]))  # the whole level's (row, column) order
+        return np.stack([found[k] for k in keys]), np.zeros(len(keys), dtype=np.int64)
 
 
 def load_mtcnn(settings, device: str | None = None) -> MTCNN:  # noqa: ANN001 - Settings, kept import-light

@@ -51,6 +51,14 @@ class VideoAttackConfig:
     # of the 720p clip, faces left on the encoded output: 0 steps 143, 2: 136, 4: 122-129, all 8: 124-128)
     removed_steps: int = 4
     frame_candidates: bool = True  # the round trip also refreshes the hard boxes with a detection on that frame
+    # the round trip's detection runs P-Net only on the faces' regions (face box + this many face sizes; None: the
+    # whole frame); at 1.0 the detections and the candidates near each face are those of the whole frame
+    trip_margin: float | None = 1.0
+    # a real round trip on every k-th frame; the frames in between reuse the last one's codec change, candidates
+    # and verdicts (which faces it no longer finds)
+    trip_every: int = 1
+    # the same face on the group's first and last key frames: centres at most this many face sizes apart
+    match_distance: float = 1.0
     min_psnr: float = 40.5  # the perturbation is scaled down on frames where it would fall below this (dB)
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 0
@@ -72,21 +80,57 @@ class Face:
         return self.first + (self.last - self.first) * f
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def ious(boxes: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """`iou` of each of `boxes` (K,4) with `b`."""
+    """Intersection over union of each of `boxes` (K,4) x1 y1 x2 y2 with `b`."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     w = np.maximum(0.0, np.minimum(boxes[:, 2], b[2]) - np.maximum(boxes[:, 0], b[0]))
     h = np.maximum(0.0, np.minimum(boxes[:, 3], b[3]) - np.maximum(boxes[:, 1], b[1]))
     inter = w * h
     union = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """`ious` of one box."""
+    return float(ious(a, b)[0])
+
+
+def match_boxes(first: np.ndarray, last: np.ndarray, max_distance: float) -> list[tuple[int, int]]:
+    """Pairs (i, j) of the same face on two key frames: closest centres first, at most `max_distance` face sizes
+    apart and sizes within a factor 1.35 (IoU alone loses a face that moves a third of its size between them)."""
+    cands = []
+    for i, a in enumerate(first):
+        for j, b in enumerate(last):
+            (ax, ay, sa), (bx, by, sb) = square(tuple(a[:4].tolist())), square(tuple(b[:4].tolist()))
+            d = math.hypot(ax - bx, ay - by) / max(sa, sb, 1.0)
+            if d <= max_distance and max(sa, sb) <= 1.35 * min(sa, sb):
+                cands.append((d, i, j))
+    pairs, used_i, used_j = [], set(), set()
+    for _, i, j in sorted(cands):
+        if i not in used_i and j not in used_j:
+            pairs.append((i, j))
+            used_i.add(i)
+            used_j.add(j)
+    return pairs
+
+
+def merge_rects(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Rects (y0, y1, x0, x1) with every overlapping pair replaced by its bounding rect (P-Net runs once per rect)."""
+    out = list(rects)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                a, b = out[i], out[j]
+                if a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]:
+                    out[i] = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+                    del out[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return out
 
 
 def to_face(boxes: np.ndarray, face: np.ndarray) -> np.ndarray:
@@ -157,8 +201,10 @@ class FaceVideoProtector:
         self.frames = self.groups = self.steps = self.key_frames = 0
         self.faces_found = self.faces_left = self.frames_with_faces = 0
         self.frames_left = 0
-        self.face_frames = self.face_frames_skipped = 0  # faces x frames optimised / found removed by the round trip
+        self.face_frames = 0  # faces x frames that went through a round trip
         self.skipped: list[list[np.ndarray]] = []  # per frame with faces: boxes the round trip found removed
+        self.trip: tuple[np.ndarray, set[int]] | None = None  # the last round trip's (codec change, faces gone)
+        self.trips = 0
         self.seconds = {"detect": 0.0, "optimise": 0.0, "check": 0.0, "apply": 0.0}
         self.prev_delta: np.ndarray | None = None
         self.flicker: list[float] = []  # mean |delta_t - delta_t-1| in 8-bit levels over the whole frame
@@ -200,7 +246,7 @@ class FaceVideoProtector:
             "groups_with_faces": self.frames_with_faces,
             "groups_with_faces_left": self.frames_left,
             "face_frames": self.face_frames,
-            "face_frames_removed_at_round_trip": self.face_frames_skipped,
+            "face_frames_removed_at_round_trip": sum(len(s) for s in self.skipped),
             "flicker_mean_abs": round(float(np.mean(self.flicker)), 4) if self.flicker else 0.0,
             "seconds": round(total, 3),
             "seconds_per_frame": round(total / max(1, self.frames), 4),
@@ -226,15 +272,12 @@ class FaceVideoProtector:
         first = self.prev_boxes if self.prev_boxes is not None else self._detect(frames[0])
         last = self._detect(frames[-1]) if len(frames) > 1 else first
         self.prev_boxes = last
-        faces: list[Face] = []
-        used: set[int] = set()
-        for a in first:
-            j = max(range(len(last)), key=lambda k: iou(a, last[k]), default=None)
-            if j is not None and j not in used and iou(a, last[j]) > 0.3:
-                used.add(j)
-                faces.append(Face(a.copy(), last[j].copy(), self._new_param()))
-            else:
-                faces.append(Face(a.copy(), a.copy(), self._new_param()))
+        pairs = dict(match_boxes(first, last, self.config.match_distance))
+        faces = [
+            Face(a.copy(), last[pairs[i]].copy() if i in pairs else a.copy(), self._new_param())
+            for i, a in enumerate(first)
+        ]
+        used = set(pairs.values())
         faces += [Face(b.copy(), b.copy(), self._new_param()) for k, b in enumerate(last) if k not in used]
         for face in faces:  # warm start: the same face in the previous group keeps its perturbation
             best = max(self.tracks, key=lambda t: iou(face.first, t.last), default=None)
@@ -261,6 +304,15 @@ class FaceVideoProtector:
             clip, base, at = np.stack([self.prev_out, adv[0]]), np.stack([self.prev_in, frames[t]]), 1
         seen = h264_roundtrip(clip, self.config.crf, base=base if self.config.yuv_delta else None)[at]
         return seen, seen.astype(np.float32) - adv[0]
+
+    def _detect_near(self, frame: np.ndarray, faces: list[Face], frac: float) -> Detections:
+        """MTCNN on `frame` around the faces as at `frac` (`trip_margin`), or on the whole frame."""
+        margin = self.config.trip_margin
+        if margin is None:
+            return self.model.detect(frame[None])
+        h, w = frame.shape[:2]
+        rects = merge_rects([region_of(f.box_at(frac), margin, h, w)[1] for f in faces])
+        return self.model.detect(frame[None], regions=rects)
 
     def _optimise(self, frames: np.ndarray, faces: list[Face], t: int) -> None:
         """Steps on the perturbations of frame `t`'s faces (`first_steps` for a face seen for the first time, `steps`
@@ -292,19 +344,26 @@ class FaceVideoProtector:
             setups.append((face, box, rect, ctx, mask.to(self.device), pixels.to(self.device)))
         residual: np.ndarray | None = None
         gone: set[int] = set()
+        reuse = self.trip is not None and self.trips % max(1, cfg.trip_every) != 0
         if cfg.codec_check and cfg.trip_first and setups:
+            self.trips += 1
+        if cfg.codec_check and cfg.trip_first and setups and reuse:
+            residual, gone = self.trip
+            if residual.shape != frames[t].shape:
+                residual = None
+        elif cfg.codec_check and cfg.trip_first and setups:
             seen, residual = self._roundtrip(frames, faces, t, frac)
             t1 = time.perf_counter()
-            det = self.model.detect(seen[None])
+            det = self._detect_near(seen, faces, frac)
             self.seconds["check"] += time.perf_counter() - t1
             if cfg.frame_candidates:  # what the detector itself now evaluates on this frame
                 self._harden(det, faces, frac)
             if cfg.removed_steps < cfg.steps:  # spend the steps where the detector still fires
                 removed = [s for s in setups if not any(iou(b, s[1]) > 0.3 for b in det.boxes[0])]
                 self.face_frames += len(setups)
-                self.face_frames_skipped += len(removed)
                 self.skipped.append([s[1] for s in removed])
                 gone = {id(s[0]) for s in removed}
+            self.trip = (residual, gone)
         budget = {id(s[0]): cfg.first_steps if s[0].fresh else cfg.steps for s in setups}
         for key in gone:
             budget[key] = min(budget[key], cfg.removed_steps)
@@ -322,7 +381,7 @@ class FaceVideoProtector:
                 seen, residual = self._roundtrip(frames, faces, t, frac)
                 if cfg.frame_candidates:
                     t1 = time.perf_counter()
-                    self._harden(self.model.detect(seen[None]), faces, frac)
+                    self._harden(self._detect_near(seen, faces, frac), faces, frac)
                     self.seconds["check"] += time.perf_counter() - t1
             views = []
             for face, box, (y0, y1, x0, x1), (cy0, cy1, cx0, cx1), mask, pixels in setups:
