@@ -210,6 +210,7 @@ def run(levels: list[str], names: set[str] | None, out_path: Path, config: Attac
                 "heard_in_loop": [g.get("heard") for g in ctx.stats.get("groups", [])],
                 "last_terms": [g.get("last_window_terms") for g in ctx.stats.get("groups", [])],
                 "phase_seconds": [g.get("seconds") for g in ctx.stats.get("groups", [])],
+                "confirm_redraws": [g.get("redraws") for g in ctx.stats.get("groups", [])],
                 "efficacy": efficacy,
             }
             rows.append(row)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from media_cleaner.evaluate.speech import normalise
 from media_cleaner.protect.audio.check import Heard, lost
 from media_cleaner.protect.audio.masking import istft, mask_shape, sliding_budget_gain
 from media_cleaner.protect.audio.surrogate import HOP, N_FRAMES, SAMPLE_RATE, Prompt, WhisperSurrogate
@@ -36,7 +37,7 @@ class AttackConfig:
     """Defaults are the measured best at the weak level on this CPU (see README, "Audio protection")."""
 
     snr_db: float = 40.0
-    steps: int = 80  # at most; the check on the coded output stops most tracks far earlier
+    steps: int = 160  # at most; the check on the delivered file stops most tracks far earlier
     lr: float = 0.3
     objective: str = "untargeted"  # untargeted | silence | phrase
     phrase: str = ""
@@ -54,13 +55,11 @@ class AttackConfig:
     check_every: int = 4  # steps between checks of the coded output with the real recogniser (when one is given)
     stop_wer: float = 1.0  # ... which stop the optimisation once its WER against the clean transcript reaches this
     stop_recovered: float = 0.1  # ... and at most this share of the clean transcript's words is still heard
-    gate: bool = True  # a check asks the surrogate first (its greedy decode, ~10x cheaper) and the real recogniser
-    # only once the surrogate has lost the transcript, or when `real_every` steps have passed since it last asked
-    real_every: int = 16
     confirmations: int = 2  # ... in this many consecutive checks, the last one decoded as the evaluator does: a
     # state only just past the boundary flipped back on the delivered file (jfk: lost in the loop, 64% on the file)
     redraws: int = 2  # ... and when the confirming decode fell back to sampling, this many more must agree (the
-    # evaluator samples too: lbax4n's confirmation heard no word left where the evaluator then heard "now")
+    # evaluator samples too: lbax4n's confirmation heard no word left where the evaluator then heard "now") ...
+    redraw_words: int = 10  # ... on transcripts of at most this many words, where one surviving word costs > 10%
     candidates: int = 32  # transcript terms: log-softmax over each position's top-k tokens (0: the full vocabulary)
     candidate_every: int = 4  # steps between refreshes of the top-k candidates (a no-grad full-vocabulary pass)
     shift: bool = True  # a random sub-frame delay each step: recognisers' frames never line up with ours
@@ -247,30 +246,17 @@ class WhisperAttack:
             coded = np.pad(coded, (0, n - coded.shape[0]))
             return torch.from_numpy(coded).to(device) - delta_now.detach()
 
-        def hear(audio: torch.Tensor, exact: bool = True, language: str | None = None) -> Heard:
+        def hear(audio: torch.Tensor, exact: bool = True) -> Heard:
             """The recogniser on `audio` as delivered (priming delay first). The cheap check takes the language
             from the surrogate (its own detection is a second 30 s encoder pass, as costly as the transcription)."""
             assert listen is not None
-            if not exact and language is None:
+            language = None
+            if not exact:
                 with torch.no_grad():
                     mel = s.window_mel(s.features(audio.detach()[None]), windows[0].seek)
                     content = s.encode_content(mel, contexts[0])
                     language = s.detect_language(torch.cat([content, contexts[0].tail], 1))[0]
             return listen(np.pad(audio.detach().cpu().numpy(), (cfg.priming_delay, 0)), exact, language)
-
-        @torch.no_grad()
-        def surrogate_hear(audio: torch.Tensor) -> Heard:
-            """The surrogate's own greedy transcript of `audio` as delivered, per window under the language it
-            detects there: the encoder's content positions only (the rest frozen), a few decoder steps."""
-            features = s.features(_delay(audio.detach(), cfg.priming_delay)[None])
-            parts: list[tuple[float, str]] = []
-            languages: list[str] = []
-            for w, ctx in zip(windows, contexts, strict=True):
-                full = torch.cat([s.encode_content(s.window_mel(features, w.seek), ctx), ctx.tail], 1)
-                languages.append(s.detect_language(full)[0])
-                tokens = s.greedy_text(full, s.prompt(languages[-1]), max_tokens=_token_limit(w))[0]
-                parts.append((_span(w)[0], s.tokenizer.decode(tokens).strip()))
-            return Heard(" ".join(t for _, t in parts if t), languages[0], [p for p in parts if p[1]])
 
         check()
         with torch.no_grad():
@@ -317,7 +303,7 @@ class WhisperAttack:
         heard: list[str] = []
         stopped_at: int | None = None
         streak = 0  # consecutive checks that found the transcript lost
-        real_checks, last_real, draws = 0, 0, 0
+        draws = 0  # extra confirming decodes
 
         def perturbation() -> torch.Tensor:
             delta = istft(shape * torch.complex(v[0], v[1]), n)
@@ -337,14 +323,8 @@ class WhisperAttack:
             if checking:
                 assert clean_heard is not None
                 with timed("check"):
-                    guess = surrogate_hear(base + delta) if cfg.gate and step - last_real < cfg.real_every else None
-                    if guess is None or lost(clean_heard, guess, cfg.stop_wer, cfg.stop_recovered):
-                        now = hear(base + delta, exact=False, language=guess.language if guess else None)
-                        real_checks, last_real = real_checks + 1, step
-                    else:
-                        now = guess  # the surrogate still hears it: so, nearly always, does the recogniser
-                real = now is not guess
-                streak = streak + 1 if real and lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
+                    now = hear(base + delta, exact=False)
+                streak = streak + 1 if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
                 if streak >= cfg.confirmations:
                     # Confirmed as the evaluator decodes, on the file as delivered when the protector says how.
                     with timed("confirm"):
@@ -352,7 +332,8 @@ class WhisperAttack:
                             delivered = np.pad(_numpy(base + delta), (cfg.priming_delay, 0))
                         else:
                             delivered = deliver(_numpy(delta))
-                        for draw in range(1 + cfg.redraws):
+                        short = len(normalise(clean_heard.text).split()) <= cfg.redraw_words
+                        for draw in range(1 + (cfg.redraws if short else 0)):
                             draws += bool(draw)
                             now = listen(delivered, True, None)
                             streak = streak if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
@@ -403,7 +384,6 @@ class WhisperAttack:
             "stopped_at": stopped_at,
             "clean_heard": clean_heard.text if clean_heard is not None else None,
             "heard": heard,
-            "real_checks": real_checks,
             "redraws": draws,
             "loss_first": round(history[0], 4) if history else None,
             "loss_last": round(history[-1], 4) if history else None,
