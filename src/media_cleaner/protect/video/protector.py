@@ -54,9 +54,6 @@ class VideoAttackConfig:
     # the round trip's detection runs P-Net only on the faces' regions (face box + this many face sizes; None: the
     # whole frame); at 1.0 the detections and the candidates near each face are those of the whole frame
     trip_margin: float | None = 1.0
-    # a real round trip on every k-th frame; the frames in between reuse the last one's codec change, candidates
-    # and verdicts (which faces it no longer finds)
-    trip_every: int = 1
     # the same face on the group's first and last key frames: centres at most this many face sizes apart
     match_distance: float = 1.0
     min_psnr: float = 40.5  # the perturbation is scaled down on frames where it would fall below this (dB)
@@ -203,8 +200,6 @@ class FaceVideoProtector:
         self.frames_left = 0
         self.face_frames = 0  # faces x frames that went through a round trip
         self.skipped: list[list[np.ndarray]] = []  # per frame with faces: boxes the round trip found removed
-        self.trip: tuple[np.ndarray, set[int]] | None = None  # the last round trip's (codec change, faces gone)
-        self.trips = 0
         self.seconds = {"detect": 0.0, "optimise": 0.0, "check": 0.0, "apply": 0.0}
         self.prev_delta: np.ndarray | None = None
         self.flicker: list[float] = []  # mean |delta_t - delta_t-1| in 8-bit levels over the whole frame
@@ -344,14 +339,7 @@ class FaceVideoProtector:
             setups.append((face, box, rect, ctx, mask.to(self.device), pixels.to(self.device)))
         residual: np.ndarray | None = None
         gone: set[int] = set()
-        reuse = self.trip is not None and self.trips % max(1, cfg.trip_every) != 0
         if cfg.codec_check and cfg.trip_first and setups:
-            self.trips += 1
-        if cfg.codec_check and cfg.trip_first and setups and reuse:
-            residual, gone = self.trip
-            if residual.shape != frames[t].shape:
-                residual = None
-        elif cfg.codec_check and cfg.trip_first and setups:
             seen, residual = self._roundtrip(frames, faces, t, frac)
             t1 = time.perf_counter()
             det = self._detect_near(seen, faces, frac)
@@ -363,7 +351,6 @@ class FaceVideoProtector:
                 self.face_frames += len(setups)
                 self.skipped.append([s[1] for s in removed])
                 gone = {id(s[0]) for s in removed}
-            self.trip = (residual, gone)
         budget = {id(s[0]): cfg.first_steps if s[0].fresh else cfg.steps for s in setups}
         for key in gone:
             budget[key] = min(budget[key], cfg.removed_steps)
@@ -446,7 +433,7 @@ class FaceVideoProtector:
         t0 = time.perf_counter()
         base = frames if self.config.yuv_delta else None
         seen = h264_roundtrip(adv, self.config.crf, base=base) if self.config.codec_check else adv
-        det = self.model.detect(seen[-1:])
+        det = self._detect_near(seen[-1], faces, 1.0)
         left = sum(int(any(iou(b, face.last) > 0.3 for b in det.boxes[0])) for face in faces)
         self._harden(det, faces)
         self.seconds["check"] += time.perf_counter() - t0
