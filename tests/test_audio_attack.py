@@ -93,7 +93,9 @@ def test_check_stops_the_optimisation_once_the_transcript_is_lost(attack, shared
         assert exact == (len(calls) in (1, 4)) and (exact or language == "en")
         return real(pcm, exact) if len(calls) == 1 else Heard("" if len(calls) >= 3 else "one two three", "en")
 
-    cfg = AttackConfig(steps=40, check_every=2, codec_every=2, priming_delay=100, confirmations=1)
+    cfg = AttackConfig(
+        steps=40, check_every=2, codec_every=2, priming_delay=100, confirmations=1, check_every_holding=2
+    )
     delta, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=listen)
     assert "three" in figures["clean_heard"].lower() or "3" in figures["clean_heard"]
     assert figures["stopped_at"] == 4 and figures["steps_run"] == 4 and len(calls) == 4
@@ -114,7 +116,7 @@ def test_a_loss_needs_consecutive_checks_and_the_evaluators_decoding(attack, sha
         calls.append(exact)
         return Heard(script[len(calls) - 1], "en")
 
-    cfg = AttackConfig(steps=20, check_every=2, codec_every=2, confirmations=2)
+    cfg = AttackConfig(steps=20, check_every=2, codec_every=2, confirmations=2, check_every_holding=2)
     _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=listen)
     assert figures["stopped_at"] == 8 and figures["heard"] == ["", "in 1813", "", ""]
     assert calls == [True, False, False, False, False, True]  # only the stopping check is decoded in full
@@ -136,7 +138,7 @@ def test_a_sampled_confirmation_is_redrawn_on_a_short_transcript(attack, shared_
         text, sampled = script[len(calls) - 1]
         return Heard(text, "en", [(0.0, text)], sampled)
 
-    cfg = AttackConfig(steps=20, check_every=2, codec_every=2, confirmations=2, redraws=2)
+    cfg = AttackConfig(steps=20, check_every=2, codec_every=2, confirmations=2, redraws=2, check_every_holding=2)
     _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=listen)
     assert figures["stopped_at"] == 8 and figures["redraws"] == 3
     assert calls == [True, False, False, True, True, False, False, True, True, True]
@@ -145,6 +147,30 @@ def test_a_sampled_confirmation_is_redrawn_on_a_short_transcript(attack, shared_
     script[:] = [("in 1813", False), ("", False), ("", False), ("xy", True)]
     _, figures = prot._attack.run(audio, replace(cfg, redraw_words=1), codec=lambda d: audio + d, listen=listen)
     assert figures["stopped_at"] == 4 and figures["redraws"] == 0
+
+
+def test_checks_thin_out_while_the_transcript_holds_and_a_capped_run_returns_the_best_state(
+    attack, shared_data
+) -> None:
+    """A check that still hears most clean words puts the next one `check_every_holding` steps away; a run that
+    reaches its cap without a confirmed stop returns the state its confirmations found lost most often."""
+    _, prot = attack
+    audio = load_pcm(shared_data / "audio" / "LJ002-0020.wav")
+    # Clean; step 2 holds (next check at 10); step 10 lost, confirmation lost (sampled), redraw hears it: go on,
+    # and the redraw holds again, so the next check would be at 18, past the 16-step cap.
+    script = [("in 1813", False), ("in 1813", False), ("", False), ("zz", True), ("in 1813", True)]
+    calls: list[bool] = []
+
+    def listen(pcm: np.ndarray, exact: bool, language: str | None) -> Heard:
+        calls.append(exact)
+        text, sampled = script[len(calls) - 1]
+        return Heard(text, "en", [(0.0, text)], sampled)
+
+    cfg = AttackConfig(steps=16, check_every=2, check_every_holding=8, codec_every=2, confirmations=1, redraws=1)
+    _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=listen)
+    assert calls == [True, False, False, True, True]
+    assert figures["heard"] == ["in 1813", "in 1813"] and figures["steps_run"] == 16
+    assert figures["stopped_at"] is None and figures["returned_step"] == 10
 
 
 @pytest.mark.slow

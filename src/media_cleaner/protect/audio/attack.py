@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from media_cleaner.evaluate.speech import normalise
+from media_cleaner.evaluate.speech import normalise, words_recovered
 from media_cleaner.protect.audio.check import Heard, lost
 from media_cleaner.protect.audio.masking import istft, mask_shape, sliding_budget_gain
 from media_cleaner.protect.audio.surrogate import HOP, N_FRAMES, SAMPLE_RATE, Prompt, WhisperSurrogate
@@ -53,6 +53,8 @@ class AttackConfig:
     codec_aware: bool = True  # the real output codec in the loop (straight-through), see `run`
     codec_every: int = 4  # steps between passes through the real codec
     check_every: int = 4  # steps between checks of the coded output with the real recogniser (when one is given)
+    check_every_holding: int = 8  # ... while the last check still heard at least `holding` of the clean words
+    holding: float = 0.5
     stop_wer: float = 1.0  # ... which stop the optimisation once its WER against the clean transcript reaches this
     stop_recovered: float = 0.1  # ... and at most this share of the clean transcript's words is still heard
     confirmations: int = 2  # ... in this many consecutive checks, the last one decoded as the evaluator does: a
@@ -304,6 +306,8 @@ class WhisperAttack:
         stopped_at: int | None = None
         streak = 0  # consecutive checks that found the transcript lost
         draws = 0  # extra confirming decodes
+        next_check = cfg.check_every
+        best: tuple[float, int, np.ndarray] | None = None  # (share of lost draws, step, perturbation)
 
         def perturbation() -> torch.Tensor:
             delta = istft(shape * torch.complex(v[0], v[1]), n)
@@ -315,7 +319,7 @@ class WhisperAttack:
             check()
             opt.zero_grad(set_to_none=True)
             delta = perturbation()
-            checking = listen is not None and step and step % cfg.check_every == 0
+            checking = listen is not None and step == next_check
             if codec is not None and step and (step % cfg.codec_every == 0 or checking):
                 with timed("codec"):
                     base = coded_base(delta)
@@ -339,6 +343,12 @@ class WhisperAttack:
                             streak = streak if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
                             if not streak or not now.sampled:
                                 break
+                        # The state most draws found lost (the latest on a tie) is what a capped run returns.
+                        share = (draw + bool(streak)) / (draw + 1)
+                        if share and (best is None or share >= best[0]):
+                            best = (share, step, _numpy(delta))
+                holding = words_recovered(clean_heard.text, now.text) >= cfg.holding
+                next_check = step + (cfg.check_every_holding if holding else cfg.check_every)
                 heard.append(now.text)
                 if streak >= cfg.confirmations:
                     stopped_at = step
@@ -374,6 +384,9 @@ class WhisperAttack:
 
         with torch.no_grad():
             delta = perturbation().cpu().numpy().astype(np.float32)
+        returned = len(history)
+        if stopped_at is None and best is not None:
+            returned, delta = best[1], best[2]  # the cap came first: the state the confirmation liked best
         figures = {
             "windows": len(windows),
             "window_s": [round(w.frames * HOP / SAMPLE_RATE, 2) for w in windows],
@@ -385,6 +398,7 @@ class WhisperAttack:
             "clean_heard": clean_heard.text if clean_heard is not None else None,
             "heard": heard,
             "redraws": draws,
+            "returned_step": returned,
             "loss_first": round(history[0], 4) if history else None,
             "loss_last": round(history[-1], 4) if history else None,
             "last_window_terms": {k: round(val, 3) for k, val in last_terms.items()},
