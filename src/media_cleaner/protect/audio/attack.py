@@ -43,7 +43,6 @@ class AttackConfig:
     phrase: str = ""
     language: str | None = None  # None: detected per window on the clean audio
     decoder_weight: float = 1.0  # untargeted: teacher-forced log-probability of the clean transcript
-    token_loss: str = "logp"  # ... per token: "logp" (floored at -12) or "unlikely" (-log(1 - p))
     language_weight: float = 1.0  # untargeted: log-probability of the track's language at language detection
     language_floor: float = -8.0  # ... pushed down to here only, then the budget goes to the other terms
     eot_weight: float = 0.5  # untargeted: end-of-text right after the first timestamp
@@ -155,13 +154,7 @@ class WhisperAttack:
             # Each transcript's tokens pushed down until unlikely (floored so one token cannot take the budget).
             per_row = (token_logp.clamp(min=-12.0) * weights).sum(-1) / counts.clamp(min=1.0)
             clean = per_row[has].mean()
-            if cfg.token_loss == "unlikely":
-                # -log(1 - p): its gradient on a token's logit is p, so the confident tokens (the words that
-                # survive) get the push; log p's gradient is 1 - p, vanishing exactly on them.
-                unlikely = -torch.log1p(-token_logp.clamp(max=-1e-4).exp())
-                loss = loss + cfg.decoder_weight * ((unlikely * weights).sum(-1) / counts.clamp(min=1.0))[has].mean()
-            else:
-                loss = loss + cfg.decoder_weight * clean
+            loss = loss + cfg.decoder_weight * clean
             terms["clean"] = value(clean)
         if cfg.language_weight:
             language = head[0, prompt.sot_sequence[1]]
