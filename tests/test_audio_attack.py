@@ -78,6 +78,27 @@ def test_candidate_loss_matches_the_full_vocabulary(attack, shared_data) -> None
     assert float(torch.nn.functional.cosine_similarity(g_full.flatten(), g_cut.flatten(), 0)) > 0.95
 
 
+def test_rows_decoded_together_equal_rows_decoded_alone(attack, shared_data) -> None:
+    """Several token rows over one window's content share one cross-attention pass (the rows folded into one query
+    sequence): the hidden states and the gradient reaching the encoder equal decoding each row on its own."""
+    _, prot = attack
+    a, s = prot._attack, prot._attack.s
+    audio = torch.from_numpy(load_pcm(shared_data / "audio" / "english.wav"))
+    window = plan_windows(audio.shape[0])[0]
+    mel = s.window_mel(s.features(audio[None]), window.seek)
+    ctx = s.frozen_context(mel, window.content)
+    texts = [" One, two, three.", " 1, 2, 3", " four five six seven"]
+    rows, _ = a._rows([s.prompt("en"), s.prompt("zh")], [s.tokenizer.encode(t) for t in texts], s.device)
+    content = s.encode_content(mel, ctx).detach().requires_grad_(True)
+    together = s.decode_hidden(rows, content, ctx)
+    (g_together,) = torch.autograd.grad(together.square().sum(), content)
+    alone = torch.cat([s.decode_hidden(rows[i : i + 1], content, ctx) for i in range(rows.shape[0])])
+    (g_alone,) = torch.autograd.grad(alone.square().sum(), content)
+    assert rows.shape[0] == 6
+    assert float((together - alone).abs().max()) < 1e-3
+    assert float((g_together - g_alone).abs().max()) < 1e-3 * float(g_alone.abs().max())
+
+
 def test_check_stops_the_optimisation_once_the_transcript_is_lost(attack, shared_data) -> None:
     """The loop asks the recogniser every `check_every` steps, on the coded track with the delivered priming delay,
     and stops at the first check that reports the transcript lost: what it returns is what was checked."""

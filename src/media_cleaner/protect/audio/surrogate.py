@@ -155,8 +155,13 @@ class WhisperSurrogate:
             h = block.cross_attn_ln(x)
             k = torch.cat([ca.key(content), ctx.cross_keys[i].expand(content.shape[0], -1, -1)], 1)
             v = torch.cat([ca.value(content), ctx.cross_values[i].expand(content.shape[0], -1, -1)], 1)
-            k, v = k.expand(batch, -1, -1), v.expand(batch, -1, -1)
-            x = x + _attention(ca, ca.query(h), k, v)
+            if content.shape[0] == 1:
+                # Every row attends to the same keys without a mask: the rows go in as one long query sequence,
+                # so the backward accumulates one key/value gradient instead of one per row (half of a short
+                # clip's step was the decoder).
+                x = x + _attention(ca, ca.query(h).reshape(1, -1, h.shape[-1]), k, v).view_as(h)
+            else:
+                x = x + _attention(ca, ca.query(h), k.expand(batch, -1, -1), v.expand(batch, -1, -1))
             x = x + block.mlp(block.mlp_ln(x))
         return dec.ln(x)
 
