@@ -14,10 +14,11 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -251,7 +252,13 @@ class BatchRunner:
 
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="batch")
         try:
-            list(pool.map(work, items))
+            with self._ctrl_c_stops_workers() as interrupted:
+                futures = [pool.submit(work, item) for item in items]
+                wait(futures)
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            for future in futures:
+                future.result()
         except KeyboardInterrupt:
             # Workers notice the flag at their next progress tick (upload chunk, poll, download chunk) and stop;
             # the state file already holds every task id, so the next run re-attaches.
@@ -260,6 +267,29 @@ class BatchRunner:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return items
+
+    @contextlib.contextmanager
+    def _ctrl_c_stops_workers(self) -> Iterator[threading.Event]:
+        """While inside, a first Ctrl-C only sets the stop flag (and the yielded event) instead of raising
+        KeyboardInterrupt wherever the main thread happens to be: raised inside a lock's `with` in
+        `concurrent.futures`, it can leave that lock held and the workers blocked on it for good (seen once in CI:
+        the CLI hung after Ctrl-C). A second Ctrl-C raises as usual. Off the main thread, signals stay as they are."""
+        interrupted = threading.Event()
+        if threading.current_thread() is not threading.main_thread():
+            yield interrupted
+            return
+
+        def stop(signum: int, frame: Any) -> None:
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            interrupted.set()
+            self._stop.set()
+
+        previous = signal.signal(signal.SIGINT, stop)
+        try:
+            yield interrupted
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     # -- one file ------------------------------------------------------------------------------------------------
     def _process(self, item: BatchItem) -> None:
