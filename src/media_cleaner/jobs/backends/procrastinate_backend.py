@@ -35,6 +35,7 @@ from media_cleaner.logs import QUEUE_LOGGER
 log = logging.getLogger(QUEUE_LOGGER + ".procrastinate")
 QUEUE = "media"
 TASK_NAME = "media_cleaner.process_task"
+ORPHAN_SWEEP_LOCK = 0x6D635F6F7270  # pg advisory lock key of the orphan sweep ("mc_orp")
 
 
 def conninfo(database_url: str) -> str:
@@ -239,7 +240,11 @@ class Upkeep:
     def redefer_orphans(self, min_age_s: float = 5.0) -> list[str]:
         """Pending tasks without a waiting or running job (an API node died between insert and defer)."""
         cutoff = utcnow() - timedelta(seconds=min_age_s)
-        with self.rt.store.engine.connect() as conn:
+        with self.rt.store.engine.begin() as conn:
+            # One sweep at a time across nodes, held until its jobs are deferred: two nodes that both saw the row
+            # without a job would each defer one (the queueing lock only refuses a second job while the first still
+            # waits, and a quick task's first job may already be running or done; seen in CI as two jobs).
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ORPHAN_SWEEP_LOCK})
             ids = (
                 conn.execute(
                     text(
@@ -252,7 +257,7 @@ class Upkeep:
                 .scalars()
                 .all()
             )
-        requeued = [task_id for task_id in ids if defer(self.rt.app, task_id) is not None]
+            requeued = [task_id for task_id in ids if defer(self.rt.app, task_id) is not None]
         if requeued:
             log.warning("re-queued pending tasks that had no job: %s", requeued)
         return requeued
