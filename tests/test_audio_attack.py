@@ -143,6 +143,17 @@ def test_a_loss_needs_consecutive_checks_and_the_evaluators_decoding(attack, sha
     assert calls == [True, False, False, False, False, True]  # only the stopping check is decoded in full
 
 
+def scripted_listen(script: list[tuple[str, bool]], calls: list[bool]):  # noqa: ANN201
+    """A recogniser that answers the scripted (text, sampled) in turn and records each call's `exact`."""
+
+    def listen(pcm: np.ndarray, exact: bool, language: str | None) -> Heard:
+        calls.append(exact)
+        text, sampled = script[len(calls) - 1]
+        return Heard(text, "en", [(0.0, text)], sampled)
+
+    return listen
+
+
 def test_a_sampled_confirmation_is_redrawn_on_a_short_transcript(attack, shared_data) -> None:
     """When the confirming decode came from the temperature fallback's sampling, another draw may give a word back
     (the evaluator samples too): on a short transcript the stop needs `redraws` more lost draws."""
@@ -153,11 +164,7 @@ def test_a_sampled_confirmation_is_redrawn_on_a_short_transcript(attack, shared_
     script = [("in 1813", False), ("", False), ("", False), ("xy", True), ("in 1813", True)]
     script += [("", False), ("", False), ("zz", True), ("", True), ("qq", True)]
     calls: list[bool] = []
-
-    def listen(pcm: np.ndarray, exact: bool, language: str | None) -> Heard:
-        calls.append(exact)
-        text, sampled = script[len(calls) - 1]
-        return Heard(text, "en", [(0.0, text)], sampled)
+    listen = scripted_listen(script, calls)
 
     cfg = AttackConfig(steps=20, check_every=2, codec_every=2, confirmations=2, redraws=2, check_every_holding=2)
     _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=listen)
@@ -181,11 +188,7 @@ def test_checks_thin_out_while_the_transcript_holds_and_a_capped_run_returns_the
     # and the redraw holds again, so the next check would be at 18, past the 16-step cap.
     script = [("in 1813", False), ("in 1813", False), ("", False), ("zz", True), ("in 1813", True)]
     calls: list[bool] = []
-
-    def listen(pcm: np.ndarray, exact: bool, language: str | None) -> Heard:
-        calls.append(exact)
-        text, sampled = script[len(calls) - 1]
-        return Heard(text, "en", [(0.0, text)], sampled)
+    listen = scripted_listen(script, calls)
 
     cfg = AttackConfig(steps=16, check_every=2, check_every_holding=8, codec_every=2, confirmations=1, redraws=1)
     _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=listen)

@@ -114,27 +114,34 @@ class WhisperAudioProtector:
         protected = pcm.copy()
         groups = channel_groups(pcm)
         figures: list[dict[str, Any]] = []
+
+        def at_rate(delta16: np.ndarray) -> np.ndarray:
+            """A 16 kHz perturbation at the track's rate and length."""
+            return _fit(_resample(delta16, SAMPLE_RATE, rate), pcm.shape[1])
+
+        def finish(trial: np.ndarray) -> np.ndarray:
+            """The samples written to the file: projected to the level's floor, clipped."""
+            return np.clip(project_to_floor(pcm, trial, rate, cfg.snr_db, margin_db=cfg.margin_db), -1.0, 1.0)
+
         for g, group in enumerate(groups):
             mix = pcm[group].mean(axis=0)
             x16 = _as_heard(mix, rate)
 
-            def codec(delta16: np.ndarray, group: list[int] = group, mix: np.ndarray = mix) -> np.ndarray:
+            def codec(delta16: np.ndarray, group: list[int] = group) -> np.ndarray:
                 """The group's mix at 16 kHz after the real output codec, with `delta16` applied."""
                 trial = pcm.copy()
-                delta = _fit(_resample(delta16, SAMPLE_RATE, rate), mix.shape[0])
-                trial[group] += delta
+                trial[group] += at_rate(delta16)
                 coded = aac_roundtrip(np.clip(trial, -1.0, 1.0), rate, self.settings.audio_bitrate)
                 return _as_heard(coded[group].mean(axis=0), rate)
 
-            def deliver(delta16: np.ndarray, group: list[int] = group, mix: np.ndarray = mix) -> np.ndarray:
+            def deliver(delta16: np.ndarray, group: list[int] = group) -> np.ndarray:
                 """What a recogniser loads from the file written with `delta16` on this group (earlier groups'
                 perturbations included): projected, clipped, AAC in mp4, decoded and resampled as the evaluator
                 does. The loop's coded view differs from it by the codec's alignment and the projection."""
                 trial = protected.copy()
-                trial[group] = pcm[group] + _fit(_resample(delta16, SAMPLE_RATE, rate), mix.shape[0])
-                trial = np.clip(project_to_floor(pcm, trial, rate, cfg.snr_db, margin_db=cfg.margin_db), -1.0, 1.0)
+                trial[group] = pcm[group] + at_rate(delta16)
                 with tempfile.TemporaryDirectory(prefix="mc_audio_") as tmp:
-                    path = encode_aac(trial, rate, f"{tmp}/delivered.m4a", self.settings.audio_bitrate)
+                    path = encode_aac(finish(trial), rate, f"{tmp}/delivered.m4a", self.settings.audio_bitrate)
                     return load_pcm(path)
 
             def report(fraction: float, g: int = g) -> None:
@@ -151,12 +158,9 @@ class WhisperAudioProtector:
                 deliver=deliver if cfg.codec_aware else None,
             )
             # The perturbation lives below 8 kHz; bring it to the track's rate and give it to every channel.
-            delta = _fit(_resample(delta16, SAMPLE_RATE, rate), mix.shape[0])
-            for c in group:
-                protected[c] = pcm[c] + delta
+            protected[group] = pcm[group] + at_rate(delta16)
             figures.append({"channels": group, **info})
-        protected = project_to_floor(pcm, protected, rate, cfg.snr_db, margin_db=cfg.margin_db)
-        protected = np.clip(protected, -1.0, 1.0)
+        protected = finish(protected)
         elapsed = time.perf_counter() - started
         duration = pcm.shape[1] / rate if rate else 0.0
         ctx.stats.update(
