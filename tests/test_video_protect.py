@@ -251,3 +251,41 @@ def test_change_on_its_bounding_box_equals_the_pipeline(shared_data: Path) -> No
         delta[y0:y1, x0:x1] = rng.integers(-6, 7, (y1 - y0, x1 - x0, 3))
         assert np.array_equal(add_delta_where_changed(i420, delta), add_rgb_delta(i420, delta)), (y0, y1, x0, x1)
     assert add_delta_where_changed(i420, np.zeros(frame.shape, np.int16)) is i420
+
+
+def test_attack_workers_give_the_one_thread_result(settings: Settings, shared_data: Path) -> None:
+    """Two threads sharing each step's faces (their own graphs, boxes drawn before the split) write the same
+    protected frames as one thread (measured bit-identical: oneDNN's per-crop results do not depend on the batch)."""
+    frames = crowd_frames(shared_data, 3)
+    config = VideoAttackConfig(group=3, first_steps=4, steps=2)
+    outs, stats = [], []
+    for workers in (1, 2):
+        local = settings.model_copy(update={"video_attack_workers": workers, "torch_threads": 1})
+        protector = create(local, ModelRegistry(local), config)
+        ctx = context(local, frames)
+        protector.prepare(ctx)
+        outs.append(protector.protect_batch(frames, ctx))
+        protector.finish(ctx)
+        stats.append(ctx.stats)
+    assert [s["workers"] for s in stats] == [1, 2]
+    assert stats[0]["steps"] == stats[1]["steps"] >= config.first_steps
+    assert np.abs(outs[0].astype(int) - frames).max() >= 3  # the faces were perturbed
+    assert np.abs(outs[1].astype(int) - outs[0]).max() <= 1 and (outs[1] != outs[0]).mean() < 1e-3
+
+
+def test_workers_and_shares(settings: Settings) -> None:
+    """The default worker count follows the CPUs and torch's per-worker threads; shares balance the faces' work."""
+    import os  # noqa: PLC0415
+
+    from media_cleaner.protect.video.protector import attack_workers, partition  # noqa: PLC0415
+
+    cpus = os.cpu_count() or 1
+    assert attack_workers(settings.model_copy(update={"video_attack_workers": 3})) == 3
+    assert attack_workers(settings.model_copy(update={"torch_threads": 1})) == max(1, min(4, cpus))
+    assert attack_workers(settings.model_copy(update={"torch_threads": cpus})) == 1
+    assert attack_workers(settings.model_copy(update={"torch_threads": 1}), "cuda") == 1
+    shares = partition([8.0, 1.0, 5.0, 4.0, 2.0], 2)
+    assert sorted(k for s in shares for k in s) == [0, 1, 2, 3, 4]
+    assert sorted(sum([8.0, 1.0, 5.0, 4.0, 2.0][k] for k in s) for s in shares) == [10.0, 10.0]
+    assert partition([3.0], 2) == [[0]]
+    assert partition([], 2) == []

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     allow_model_download: bool = True
     device: str = "cpu"
     torch_threads: int = Field(0, ge=0)  # 0 -> torch's default
+    # threads that share a video attack step's faces, each running its own small ops on torch_threads (or 1) threads;
+    # 0 -> the CPU count // torch_threads, at most 4 (1 on a GPU)
+    video_attack_workers: int = Field(0, ge=0)
 
     # Output encoding.
     video_crf: int = Field(18, ge=0, le=51)

@@ -91,9 +91,21 @@ class FaceView:
 
 def stage_boxes(view: FaceView, cfg: LossConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(R-Net boxes, O-Net boxes) of one face: jittered draws (R first, then O) plus the detector's candidates."""
+    return draw_boxes(view.box, view.hard_r, view.hard_o, cfg, gen)
+
+
+def draw_boxes(
+    box: tuple[float, float, float, float],
+    hard_r: torch.Tensor | None,
+    hard_o: torch.Tensor | None,
+    cfg: LossConfig,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`stage_boxes` from a face's box and candidates alone (drawn before the views exist: one generator, one order,
+    whichever thread later evaluates them)."""
     out = []
-    for count, hard in ((cfg.rnet_boxes, view.hard_r), (cfg.onet_boxes, view.hard_o)):
-        boxes = jittered_boxes(view.box, count, cfg, gen)
+    for count, hard in ((cfg.rnet_boxes, hard_r), (cfg.onet_boxes, hard_o)):
+        boxes = jittered_boxes(box, count, cfg, gen)
         if hard is not None and len(hard):
             boxes = torch.cat([boxes, hard[: cfg.hard_boxes].float()])
         out.append(boxes)
@@ -111,17 +123,20 @@ def frame_loss(
     views: list[FaceView],
     frame: tuple[int, int],
     cfg: LossConfig,
-    gen: torch.Generator,
+    gen: torch.Generator | None,
     active_only: bool = False,
+    boxes: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, float]]]:
     """The R-/O-Net hinge of every face of a frame of size `frame` (H, W) in one R-Net and one O-Net call.
 
-    Returns (per-face losses (F,), per-face maxima of the logit differences); face k's loss equals
-    `face_loss` on view k alone (same boxes drawn in the same order), so one batched call replaces F.
-    `active_only` back-propagates through the crops still above their margin only (same loss and gradient)."""
-    boxes = [stage_boxes(v, cfg, gen) for v in views]
+    Returns (per-face losses (F,), per-face maxima of the logit differences and counts of crops above their margin,
+    `rnet_active` / `onet_active`); face k's loss equals `face_loss` on view k alone (same boxes drawn in the same
+    order), so one batched call replaces F. `boxes` (per view, as `draw_boxes` gives them) replaces the draws from
+    `gen`. `active_only` back-propagates through the crops still above their margin only (same loss and gradient)."""
+    if boxes is None:
+        boxes = [stage_boxes(v, cfg, gen) for v in views]
     losses = views[0].img.new_zeros(len(views)) if views else torch.zeros(0)
-    maxima = [{"pnet": -1e9, "rnet": -1e9, "onet": -1e9} for _ in views]
+    maxima = [{"pnet": -1e9, "rnet": -1e9, "onet": -1e9, "rnet_active": 0, "onet_active": 0} for _ in views]
     for stage, size, margin, weight in (
         (0, 24, cfg.rnet_margin, cfg.rnet_weight),
         (1, 48, cfg.onet_margin, cfg.onet_weight),
@@ -158,6 +173,7 @@ def frame_loss(
         name = ("rnet", "onet")[stage]
         for k, value in zip(owners, d_all, strict=True):
             maxima[k][name] = max(maxima[k][name], value)
+            maxima[k][name + "_active"] += value + margin > 0
     return losses, maxima
 
 

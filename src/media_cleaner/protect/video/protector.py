@@ -12,7 +12,9 @@ interpolated in between), warm starts, and one real H.264 round trip per frame (
 from __future__ import annotations
 
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +26,7 @@ from media_cleaner.config import Settings
 from media_cleaner.models.mtcnn import MTCNN, Detections
 from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.protect.base import VideoContext
-from media_cleaner.protect.video.attack import FaceView, LossConfig, channels_last, frame_loss, square
+from media_cleaner.protect.video.attack import FaceView, LossConfig, channels_last, draw_boxes, frame_loss, square
 from media_cleaner.protect.video.codec import h264_roundtrip, random_codec
 from media_cleaner.protect.video.shaping import region_mask
 
@@ -133,6 +135,28 @@ def merge_rects(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, 
     return out
 
 
+def attack_workers(settings: Settings, device: torch.device | str = "cpu") -> int:
+    """Threads sharing a step's faces: `video_attack_workers`, or the CPU count // `torch_threads`, at most 4 (1 on a
+    GPU, whose kernels are already asynchronous)."""
+    if settings.video_attack_workers:
+        return settings.video_attack_workers
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(4, (os.cpu_count() or 1) // max(1, settings.torch_threads)))
+
+
+def partition(costs: list[float], parts: int) -> list[list[int]]:
+    """Indices of `costs` in at most `parts` non-empty groups of about equal total cost (largest first onto the
+    lightest group; ties by index, so the split depends on the costs alone), each group in index order."""
+    groups: list[list[int]] = [[] for _ in range(max(1, min(parts, len(costs))))]
+    totals = [0.0] * len(groups)
+    for k in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
+        g = min(range(len(groups)), key=lambda g: (totals[g], g))
+        groups[g].append(k)
+        totals[g] += costs[k]
+    return [sorted(g) for g in groups if g]
+
+
 def to_face(boxes: np.ndarray, face: np.ndarray) -> np.ndarray:
     """Boxes in units of the face's size, relative to its centre (so they follow the face)."""
     cx, cy, side = square(tuple(face.tolist()))
@@ -178,6 +202,8 @@ class FaceVideoProtector:
         self.settings, self.registry = settings, registry
         self.config = config or VideoAttackConfig()
         self.model: MTCNN | None = None
+        self.pool: ThreadPoolExecutor | None = None  # the step's shards when `workers` > 1
+        self.workers = 1
         self.universal: torch.Tensor | None = None  # mean converged face perturbation: a head start for new faces
 
     # -- interface -------------------------------------------------------------------------------------------
@@ -188,6 +214,18 @@ class FaceVideoProtector:
             device = self.settings.device if torch.cuda.is_available() or self.settings.device == "cpu" else "cpu"
             self.model = MTCNN(self.registry.resolve("mtcnn"), device=device)
             channels_last(self.model)
+            # inter-op parallelism: each thread runs forward + backward of a share of the step's faces on its own
+            # graph with its own single-threaded ops (torch releases the GIL inside them); torch's intra-op threads
+            # spin-wait on these small ops and measured far worse on a busy machine
+            self.workers = attack_workers(self.settings, self.model.device)
+            if self.workers > 1:
+                threads = self.settings.torch_threads or 1
+                self.pool = ThreadPoolExecutor(
+                    self.workers,
+                    thread_name_prefix="video-attack",
+                    initializer=torch.set_num_threads,
+                    initargs=(threads,),
+                )
         self.device = self.model.device
         self.bound = pixel_bound(ctx.epsilon)
         self.int_bound = int(math.floor(self.bound + 1e-6))
@@ -239,6 +277,7 @@ class FaceVideoProtector:
             "key_frames_detected": self.key_frames,
             "steps": self.steps,
             "steps_per_frame": round(self.steps / max(1, self.frames), 3),
+            "workers": self.workers,
             "faces_found_on_key_frames": self.faces_found,
             "faces_left_after_optimisation": self.faces_left,
             "groups_with_faces": self.frames_with_faces,
@@ -364,6 +403,7 @@ class FaceVideoProtector:
             budget[key] = min(budget[key], cfg.removed_steps)
         setups = [s for s in setups if budget[id(s[0])] > 0]
         steps = max(budget.values(), default=0)
+        cost: dict[int, float] = {}  # per face: the work of its last step (balances the workers' shares)
         r = cfg.round_trips
         trips = set()
         if cfg.codec_check and not cfg.trip_first and steps >= 2 * r:
@@ -378,25 +418,11 @@ class FaceVideoProtector:
                     t1 = time.perf_counter()
                     self._harden(self._detect_near(seen, faces, frac), faces, frac)
                     self.seconds["check"] += time.perf_counter() - t1
-            views = []
-            for face, box, (y0, y1, x0, x1), (cy0, cy1, cx0, cx1), mask, pixels in setups:
-                face.param.requires_grad_(True)
-                hard = [torch.from_numpy(from_face(r, box)) for r in (face.hard_r, face.hard_o)]
-                delta = mask * render(face.param, box, cfg.region_margin, (y0, y1, x0, x1))
-                delta = F.pad(delta, (x0 - cx0, cx1 - x1, y0 - cy0, cy1 - y1))
-                x = (pixels + delta).clamp(0, 255)
-                if residual is not None:  # straight-through: the real codec's change, gradient as identity
-                    x = x + torch.from_numpy(residual[cy0:cy1, cx0:cx1]).to(self.device).permute(2, 0, 1)[None]
-                elif cfg.eot > 0:
-                    x = random_codec(x, self.gen, cfg.eot)
-                views.append(FaceView(x, (cy0, cx0), tuple(box.tolist()), *hard))
-            losses, _ = frame_loss(self.model, views, (h, w), cfg.loss, self.gen, active_only=True)
-            params = [s[0].param for s in setups]
-            done = {id(s[0]) for s, loss in zip(setups, losses.tolist(), strict=True) if loss <= 0}
+            losses, grads = self._step(setups, residual, (h, w), cost)
+            done = {id(s[0]) for s, loss in zip(setups, losses, strict=True) if loss <= 0}
             for key in done:  # every crop below its margins: nothing left to push on this frame
                 budget[key] = 0
-            if losses.requires_grad:
-                grads = torch.autograd.grad(losses.sum(), params, allow_unused=True)
+            if any(g is not None for g in grads):
                 for (face, *_), g in zip(setups, grads, strict=True):
                     if g is None or id(face) in done:
                         continue
@@ -408,6 +434,62 @@ class FaceVideoProtector:
                 face.param = face.param.detach()
             self.steps += 1
         self.seconds["optimise"] += time.perf_counter() - t0
+
+    def _step(
+        self, setups: list[tuple], residual: np.ndarray | None, frame: tuple[int, int], cost: dict[int, float]
+    ) -> tuple[list[float], list[torch.Tensor | None]]:
+        """One step's loss and gradient for every face of `setups`: (per-face losses, per-face gradients w.r.t.
+        their params, None where nothing is above its margin).
+
+        With `workers` > 1 the faces are split into shares of about equal work (by their last step's crops and
+        active crops) and each share runs views, R-/O-Net and backward in its own thread on its own graph. The
+        random boxes (and EOT draws) are drawn here first, in face order, so the result does not depend on which
+        thread ran what: the same as one worker up to float rounding of the batch split."""
+        cfg = self.config
+        drawn = []
+        for face, box, *_ in setups:
+            hard = [torch.from_numpy(from_face(r, box)) for r in (face.hard_r, face.hard_o)]
+            drawn.append((hard, draw_boxes(tuple(box.tolist()), *hard, cfg.loss, self.gen)))
+        codec = [None] * len(setups)
+        if residual is None and cfg.eot > 0:  # one EOT draw per face, in face order
+            codec = [torch.Generator().manual_seed(int(torch.randint(2**62, (), generator=self.gen))) for _ in setups]
+        boxes_per_face = cfg.loss.rnet_boxes + cfg.loss.onet_boxes + 2 * cfg.loss.hard_boxes
+        costs = [cost.get(id(s[0]), 9.0 * boxes_per_face) for s in setups]
+        shares = partition(costs, self.workers) if self.pool is not None else [list(range(len(setups)))]
+
+        def run(share: list[int]) -> tuple[list[float], list[torch.Tensor | None], list[dict[str, float]]]:
+            views = []
+            for k in share:
+                face, box, (y0, y1, x0, x1), (cy0, cy1, cx0, cx1), mask, pixels = setups[k]
+                face.param.requires_grad_(True)
+                delta = mask * render(face.param, box, cfg.region_margin, (y0, y1, x0, x1))
+                delta = F.pad(delta, (x0 - cx0, cx1 - x1, y0 - cy0, cy1 - y1))
+                x = (pixels + delta).clamp(0, 255)
+                if residual is not None:  # straight-through: the real codec's change, gradient as identity
+                    x = x + torch.from_numpy(residual[cy0:cy1, cx0:cx1]).to(self.device).permute(2, 0, 1)[None]
+                elif codec[k] is not None:
+                    x = random_codec(x, codec[k], cfg.eot)
+                views.append(FaceView(x, (cy0, cx0), tuple(box.tolist()), *drawn[k][0]))
+            boxes = [drawn[k][1] for k in share]
+            losses, stats = frame_loss(self.model, views, frame, cfg.loss, None, active_only=True, boxes=boxes)
+            grads: list[torch.Tensor | None] = [None] * len(share)
+            if losses.requires_grad:
+                params = [setups[k][0].param for k in share]
+                grads = list(torch.autograd.grad(losses.sum(), params, allow_unused=True))
+            return losses.tolist(), grads, stats
+
+        if self.pool is None or len(shares) == 1:
+            results = [run(shares[0])]
+        else:
+            results = [f.result() for f in [self.pool.submit(run, share) for share in shares]]
+        losses, grads = [0.0] * len(setups), [None] * len(setups)
+        for share, (part_losses, part_grads, stats) in zip(shares, results, strict=True):
+            for k, loss, g, st in zip(share, part_losses, part_grads, stats, strict=True):
+                losses[k], grads[k] = loss, g
+                # forward on every crop, forward + backward again on the active ones; O-Net ~8x R-Net a crop
+                crops_r, crops_o = drawn[k][1][0].shape[0], drawn[k][1][1].shape[0]
+                cost[id(setups[k][0])] = crops_r + 2 * st["rnet_active"] + 8 * (crops_o + 2 * st["onet_active"])
+        return losses, grads
 
     def _apply(self, frames: np.ndarray, faces: list[Face], frac: float, record: bool = False) -> np.ndarray:
         """`frames` (usually one) with the faces' current perturbations as at `frac` of the group painted in
