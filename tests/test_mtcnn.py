@@ -151,3 +151,42 @@ def test_region_detection_equals_the_whole_frame(mtcnn: MTCNN, shared_data: Path
     assert regions.pnet_candidates < full.pnet_candidates  # the rest of the frame was not scanned
     # a region without a face in it finds nothing (no cells outside the regions leak in)
     assert mtcnn.detect(image, regions=[(0, 40, 0, 40)]).counts() == [0]
+
+
+def test_merge_rects_is_the_overlap_closure() -> None:
+    """The one-pass merge gives the merge-until-nothing-overlaps result: no two merged rects overlap, every input lies
+    in one, each is the bounding rect of its inputs, and it is the set the restart-after-every-merge loop gave."""
+
+    def overlap(a, b) -> bool:  # noqa: ANN001
+        return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
+    def restarting(rects):  # noqa: ANN001, ANN202 - the previous implementation
+        out = list(rects)
+        while True:
+            pair = next(((i, j) for i in range(len(out)) for j in range(i + 1, len(out)) if overlap(out[i], out[j])), 0)
+            if not pair:
+                return out
+            (i, j), (a, b) = pair, (out[pair[0]], out[pair[1]])
+            out[i] = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+            del out[j]
+
+    rng = np.random.default_rng(0)
+    for count in (0, 1, 5, 40, 120):
+        y, x = rng.integers(0, 1000, count), rng.integers(0, 1800, count)
+        size = rng.integers(10, 120, count)
+        rects = [(int(a), int(a + s), int(b), int(b + s)) for a, b, s in zip(y, x, size, strict=True)]
+        merged = merge_rects(rects)
+        assert sorted(merged) == sorted(restarting(rects))
+        assert not any(overlap(a, b) for i, a in enumerate(merged) for b in merged[i + 1 :])
+        for m in merged:
+            inside = [r for r in rects if m[0] <= r[0] and r[1] <= m[1] and m[2] <= r[2] and r[3] <= m[3]]
+            assert m == (
+                min(r[0] for r in inside),
+                max(r[1] for r in inside),
+                min(r[2] for r in inside),
+                max(r[3] for r in inside),
+            )
+        assert (
+            sum(1 for r in rects for m in merged if m[0] <= r[0] and r[1] <= m[1] and m[2] <= r[2] and r[3] <= m[3])
+            == count
+        )

@@ -117,21 +117,18 @@ def match_boxes(first: np.ndarray, last: np.ndarray, max_distance: float) -> lis
 
 
 def merge_rects(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
-    """Rects (y0, y1, x0, x1) with every overlapping pair replaced by its bounding rect (P-Net runs once per rect)."""
-    out = list(rects)
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(out)):
-            for j in range(i + 1, len(out)):
-                a, b = out[i], out[j]
-                if a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]:
-                    out[i] = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
-                    del out[j]
-                    merged = True
-                    break
-            if merged:
-                break
+    """Rects (y0, y1, x0, x1) with every overlapping pair replaced by its bounding rect (P-Net runs once per rect).
+
+    One pass: each rect absorbs the merged rects it overlaps (again while its growth reaches more), so the merged
+    rects never overlap each other; the result is the unique such merge (any overlapping pair must end up in one
+    rect), without restarting from scratch after every merge."""
+    out: list[tuple[int, int, int, int]] = []
+    for r in rects:
+        while hit := [k for k, o in enumerate(out) if r[0] < o[1] and o[0] < r[1] and r[2] < o[3] and o[2] < r[3]]:
+            for k in reversed(hit):
+                o = out.pop(k)
+                r = (min(r[0], o[0]), max(r[1], o[1]), min(r[2], o[2]), max(r[3], o[3]))
+        out.append(r)
     return out
 
 
