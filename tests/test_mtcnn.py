@@ -190,3 +190,25 @@ def test_merge_rects_is_the_overlap_closure() -> None:
             sum(1 for r in rects for m in merged if m[0] <= r[0] and r[1] <= m[1] and m[2] <= r[2] and r[3] <= m[3])
             == count
         )
+
+
+def test_pyramid_levels_on_a_pool_give_the_same_detections(mtcnn: MTCNN, shared_data: Path) -> None:
+    """P-Net's levels run on two threads (the video attack's workers): the same faces, scores and stage candidates,
+    for the whole frame and for regions."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    image = np.ascontiguousarray(cv2.imread(str(shared_data / "images" / "multiface.jpg"))[:, :, ::-1])
+    h, w = image.shape[:2]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: oneDNN's sums are split by the thread count
+    try:
+        with ThreadPoolExecutor(2, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            for regions in (None, merge_rects([region_of(b, 1.0, h, w)[1] for b in MULTIFACE])):
+                one, two = mtcnn.detect(image, regions=regions), mtcnn.detect(image, regions=regions, pool=pool)
+                assert len(one.boxes[0]) == 6
+                for attr in ("rnet_inputs", "onet_inputs"):
+                    assert np.array_equal(getattr(one, attr), getattr(two, attr))
+                assert np.array_equal(one.boxes[0], two.boxes[0]) and np.array_equal(one.probs[0], two.probs[0])
+                assert one.pnet_candidates == two.pnet_candidates
+    finally:
+        torch.set_num_threads(threads)

@@ -253,39 +253,58 @@ def test_change_on_its_bounding_box_equals_the_pipeline(shared_data: Path) -> No
     assert add_delta_where_changed(i420, np.zeros(frame.shape, np.int16)) is i420
 
 
-def test_attack_workers_give_the_one_thread_result(settings: Settings, shared_data: Path) -> None:
-    """Two threads sharing each step's faces (their own graphs, boxes drawn before the split) write the same
-    protected frames as one thread (measured bit-identical: oneDNN's per-crop results do not depend on the batch)."""
-    frames = crowd_frames(shared_data, 3)
-    config = VideoAttackConfig(group=3, first_steps=4, steps=2)
-    outs, stats = [], []
-    for workers in (1, 2):
-        local = settings.model_copy(update={"video_attack_workers": workers, "torch_threads": 1})
-        protector = create(local, ModelRegistry(local), config)
-        ctx = context(local, frames)
-        protector.prepare(ctx)
-        outs.append(protector.protect_batch(frames, ctx))
-        protector.finish(ctx)
-        stats.append(ctx.stats)
-    assert [s["workers"] for s in stats] == [1, 2]
-    assert stats[0]["steps"] == stats[1]["steps"] >= config.first_steps
-    assert np.abs(outs[0].astype(int) - frames).max() >= 3  # the faces were perturbed
-    assert np.abs(outs[1].astype(int) - outs[0]).max() <= 1 and (outs[1] != outs[0]).mean() < 1e-3
+def test_attack_workers_give_the_one_thread_loss_and_gradient(settings: Settings, shared_data: Path) -> None:
+    """A step shared by 2 or 3 threads (crops cut into contiguous shares, a face cut in two summed; its own graph per
+    thread, boxes drawn before the split) gives every face the loss and gradient of the one-thread step."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    frames = crowd_frames(shared_data, 2)
+    config = VideoAttackConfig(group=2, first_steps=3, steps=2)
+    local = settings.model_copy(update={"video_attack_workers": 1, "torch_threads": 1})
+    one = create(local, ModelRegistry(local), config)
+    ctx = context(local, frames)
+    one.prepare(ctx)
+    steps, step = [], one._step
+
+    def recording(setups, residual, frame, active):  # noqa: ANN001, ANN202
+        state, params = one.gen.get_state(), [s[0].param.detach().clone() for s in setups]
+        result = step(setups, residual, frame, active)
+        steps.append((state, [(replace(s[0], param=q), *s[1:]) for s, q in zip(setups, params, strict=True)], residual))
+        steps[-1] += (frame, result)
+        return result
+
+    one._step = recording
+    one.protect_batch(frames, ctx)
+    assert len(steps) >= config.first_steps and max(len(s[1]) for s in steps) >= 3
+    for workers in (2, 3):
+        many = create(local.model_copy(update={"video_attack_workers": workers}), ModelRegistry(local), config)
+        many.prepare(ctx)
+        assert many.workers == workers
+        for state, setups, residual, frame, (losses, grads) in steps:
+            many.gen.set_state(state)
+            got_losses, got_grads = many._step(setups, residual, frame, {})
+            assert got_losses == pytest.approx(losses, rel=1e-4, abs=1e-4)
+            for a, b in zip(got_grads, grads, strict=True):
+                assert (a is None) == (b is None)
+                assert a is None or torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
+    assert any(loss > 0 for s in steps for loss in s[4][0])  # the faces were still found: real gradients compared
 
 
 def test_workers_and_shares(settings: Settings) -> None:
-    """The default worker count follows the CPUs and torch's per-worker threads; shares balance the faces' work."""
+    """The default worker count follows the CPUs and torch's per-worker threads; shares are contiguous and balanced."""
     import os  # noqa: PLC0415
 
-    from media_cleaner.protect.video.protector import attack_workers, partition  # noqa: PLC0415
+    from media_cleaner.protect.video.protector import attack_workers, chunks  # noqa: PLC0415
 
     cpus = os.cpu_count() or 1
     assert attack_workers(settings.model_copy(update={"video_attack_workers": 3})) == 3
     assert attack_workers(settings.model_copy(update={"torch_threads": 1})) == max(1, min(4, cpus))
     assert attack_workers(settings.model_copy(update={"torch_threads": cpus})) == 1
     assert attack_workers(settings.model_copy(update={"torch_threads": 1}), "cuda") == 1
-    shares = partition([8.0, 1.0, 5.0, 4.0, 2.0], 2)
-    assert sorted(k for s in shares for k in s) == [0, 1, 2, 3, 4]
-    assert sorted(sum([8.0, 1.0, 5.0, 4.0, 2.0][k] for k in s) for s in shares) == [10.0, 10.0]
-    assert partition([3.0], 2) == [[0]]
-    assert partition([], 2) == []
+    costs = [1.0, 8.0, 1.0, 1.0, 8.0, 8.0, 1.0, 2.0]
+    share = chunks(costs, 2)
+    assert share == sorted(share) and set(share) == {0, 1}
+    assert abs(sum(c for c, s in zip(costs, share, strict=True) if s == 0) - sum(costs) / 2) <= 4.0
+    assert chunks(costs, 1) == [0] * len(costs)
+    assert chunks([], 2) == []
+    assert set(chunks([1.0] * 9, 3)) == {0, 1, 2}

@@ -8,6 +8,7 @@ any stage's scores back to the pixels (used by the attack in `protect/video`).
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,6 +263,7 @@ class MTCNN(nn.Module):
         images: np.ndarray | torch.Tensor,
         exact: bool = False,
         regions: list[tuple[int, int, int, int]] | None = None,
+        pool: Executor | None = None,
     ) -> Detections:
         """Detect faces in RGB images (N,H,W,3) uint8/float 0..255 (or one (H,W,3) image).
 
@@ -271,6 +273,8 @@ class MTCNN(nn.Module):
         `regions` (one image only; rects y0 y1 x0 x1) runs P-Net only on the cells of the whole frame's pyramid
         levels whose windows lie inside one of them, resampled exactly as the whole level (`pnet_regions`); the
         later stages are unchanged. A face well inside a region gets the detection the whole frame gives it.
+
+        `pool` runs P-Net's pyramid levels on its threads (the same detections: results are taken in level order).
         """
         if isinstance(images, torch.Tensor):
             images = images.detach().cpu().numpy()
@@ -297,18 +301,20 @@ class MTCNN(nn.Module):
         _, t2, t3 = self.thresholds
 
         # Stage 1: P-Net over the pyramid; NMS per scale and image, then per image.
-        all_boxes, all_inds = [], []
-        for scale in pyramid_scales(h, w, self.min_face_size, self.factor):
+        def level(scale: float) -> tuple[np.ndarray, np.ndarray]:
             size = (int(h * scale + 1), int(w * scale + 1))
-            if regions is None:
-                boxes, idx = self._pnet_cells(normalise(pyramid_level(size)), scale, (0, 0))
-            else:
-                boxes, idx = self.pnet_regions(host[0], size, scale, regions)
-            if len(idx) == 0:
-                continue
-            pick = batched_nms(boxes[:, :4], boxes[:, 4], idx, 0.5)
-            all_boxes.append(boxes[pick])
-            all_inds.append(idx[pick])
+            with torch.no_grad():  # (grad mode is per thread)
+                if regions is None:
+                    boxes, idx = self._pnet_cells(normalise(pyramid_level(size)), scale, (0, 0))
+                else:
+                    boxes, idx = self.pnet_regions(host[0], size, scale, regions)
+            pick = batched_nms(boxes[:, :4], boxes[:, 4], idx, 0.5) if len(idx) else idx
+            return boxes[pick], idx[pick]
+
+        scales = pyramid_scales(h, w, self.min_face_size, self.factor)
+        levels = list(pool.map(level, scales) if pool is not None else map(level, scales))
+        all_boxes = [boxes for boxes, idx in levels if len(idx)]
+        all_inds = [idx for _, idx in levels if len(idx)]
         empty = Detections([np.zeros((0, 4))] * n, [np.zeros(0)] * n, [np.zeros((0, 5, 2))] * n)
         if not all_boxes:
             return empty
