@@ -10,6 +10,7 @@ pyramid levels at which this face is 9-30 px tall, and R-Net / O-Net on randomly
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,21 +61,30 @@ def jittered_boxes(box, count: int, cfg: LossConfig, gen: torch.Generator) -> to
 
 
 def _windows(boxes: torch.Tensor, origin: tuple[int, int], shape: tuple[int, int], frame: tuple[int, int]):
-    """The detector's integer crop windows of `boxes` (facenet's `pad`), those that lie inside the context."""
+    """The detector's integer crop windows of `boxes` (facenet's `pad`), those that lie inside the context, and the
+    rows of `boxes` they come from."""
     (oy, ox), (h, w) = origin, shape
-    out = []
-    for y0, y1, x0, x1 in crop_windows(boxes.detach().cpu().numpy().astype(np.float64), frame[1], frame[0]):
+    out, rows = [], []
+    for row, (y0, y1, x0, x1) in enumerate(
+        crop_windows(boxes.detach().cpu().numpy().astype(np.float64), frame[1], frame[0])
+    ):
         if y1 - y0 >= 4 and x1 - x0 >= 4 and y0 >= oy and x0 >= ox and y1 <= oy + h and x1 <= ox + w:
             out.append((y0 - oy, y1 - oy, x0 - ox, x1 - ox))
-    return out
+            rows.append(row)
+    return out, rows
 
 
 def exact_crops(img: torch.Tensor, boxes: torch.Tensor, origin, frame, size: int) -> torch.Tensor | None:  # noqa: ANN001
     """The detector's own R-/O-Net inputs for `boxes` (absolute), cut from the context `img` (1,3,h,w)."""
-    wins = _windows(boxes, origin, tuple(img.shape[2:]), frame)
+    crops, _ = _crops_and_rows(img, boxes, origin, frame, size)
+    return crops
+
+
+def _crops_and_rows(img: torch.Tensor, boxes: torch.Tensor, origin, frame, size: int):  # noqa: ANN001, ANN202
+    wins, rows = _windows(boxes, origin, tuple(img.shape[2:]), frame)
     if not wins:
-        return None
-    return torch.cat([resize_area(img[:, :, y0:y1, x0:x1], (size, size)) for y0, y1, x0, x1 in wins])
+        return None, rows
+    return torch.cat([resize_area(img[:, :, y0:y1, x0:x1], (size, size)) for y0, y1, x0, x1 in wins]), rows
 
 
 @dataclass
@@ -126,27 +136,41 @@ def frame_loss(
     gen: torch.Generator | None,
     active_only: bool = False,
     boxes: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    guess: list[tuple[list[bool], list[bool]] | None] | None = None,
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """The R-/O-Net hinge of every face of a frame of size `frame` (H, W) in one R-Net and one O-Net call.
 
-    Returns (per-face losses (F,), per-face maxima of the logit differences and counts of crops above their margin,
-    `rnet_active` / `onet_active`); face k's loss equals `face_loss` on view k alone (same boxes drawn in the same
-    order), so one batched call replaces F. `boxes` (per view, as `draw_boxes` gives them) replaces the draws from
-    `gen`. `active_only` back-propagates through the crops still above their margin only (same loss and gradient)."""
+    Returns (per-face losses (F,), per-face maxima of the logit differences, counts of crops above their margin
+    `rnet_active` / `onet_active`, and per box row whether its crop was above its margin, `rnet_rows` /
+    `onet_rows`); face k's loss equals `face_loss` on view k alone (same boxes drawn in the same order), so one
+    batched call replaces F. `boxes` (per view, as `draw_boxes` gives them) replaces the draws from `gen`.
+
+    `active_only` back-propagates through the crops still above their margin only (same loss and gradient): the
+    others run forward without a graph first. `guess` (per view, per stage, per box row: expected above its margin,
+    e.g. the rows of the previous step) sends those crops straight to the forward with a graph instead, so a crop
+    guessed right runs forward once instead of twice; a wrong guess costs only time (a crop below its margin adds
+    zero to the hinge and its gradient), so the loss and gradient stay the same."""
     if boxes is None:
         boxes = [stage_boxes(v, cfg, gen) for v in views]
     losses = views[0].img.new_zeros(len(views)) if views else torch.zeros(0)
-    maxima = [{"pnet": -1e9, "rnet": -1e9, "onet": -1e9, "rnet_active": 0, "onet_active": 0} for _ in views]
+    maxima: list[dict[str, Any]] = [
+        {"pnet": -1e9, "rnet": -1e9, "onet": -1e9, "rnet_active": 0, "onet_active": 0} for _ in views
+    ]
     for stage, size, margin, weight in (
         (0, 24, cfg.rnet_margin, cfg.rnet_weight),
         (1, 48, cfg.onet_margin, cfg.onet_weight),
     ):
-        parts, owners = [], []
+        name = ("rnet", "onet")[stage]
+        parts, owners, guessed = [], [], []
         for k, v in enumerate(views):
-            data = exact_crops(v.img, boxes[k][stage], v.origin, frame, size)
+            data, rows = _crops_and_rows(v.img, boxes[k][stage], v.origin, frame, size)
+            maxima[k][name + "_rows"] = [False] * len(boxes[k][stage])
+            maxima[k][name + "_kept"] = rows
             if data is not None:
                 parts.append(data)
                 owners += [k] * len(data)
+                hint = guess[k][stage] if guess is not None and guess[k] is not None else None
+                guessed += [bool(hint[r]) if hint is not None and r < len(hint) else False for r in rows]
         if not parts:
             continue
         data = normalise(torch.cat(parts)).contiguous(memory_format=torch.channels_last)
@@ -154,26 +178,37 @@ def frame_loss(
         index = torch.tensor(owners, device=data.device)
         if active_only and data.requires_grad:
             # a crop already below its margin adds nothing to the hinge or its gradient: the net runs forward on
-            # every crop without a graph, then forward and backward on the active ones only (same loss, same
-            # gradient, a fraction of the backward cost once most crops are beaten)
-            with torch.no_grad():
-                logits = net(data)
-            d_all = logits[:, 1] - logits[:, 0]
-            on = torch.nonzero(d_all + margin > 0).flatten()
+            # the crops not guessed active without a graph, then forward and backward on the guessed and the
+            # active ones only (same loss, same gradient, a fraction of the backward cost once most are beaten)
+            d_all = torch.empty(len(data), device=data.device)
+            sure = torch.tensor(guessed, dtype=torch.bool, device=data.device)
+            screen = torch.nonzero(~sure).flatten()
+            if len(screen):
+                with torch.no_grad():
+                    logits = net(data[screen])
+                d_all[screen] = logits[:, 1] - logits[:, 0]
+                screen = screen[d_all[screen] + margin > 0]
+            on = torch.sort(torch.cat([torch.nonzero(sure).flatten(), screen])).values
             if len(on):
                 logits = net(data[on])
                 d = logits[:, 1] - logits[:, 0]
                 losses = losses.index_add(0, index[on], weight * F.relu(d + margin))
+                d_all[on] = d.detach()
             d_all = d_all.tolist()
         else:
             logits = net(data)
             d = logits[:, 1] - logits[:, 0]
             losses = losses.index_add(0, index, weight * F.relu(d + margin))
             d_all = d.detach().tolist()
-        name = ("rnet", "onet")[stage]
+        seen = dict.fromkeys(range(len(views)), 0)
         for k, value in zip(owners, d_all, strict=True):
             maxima[k][name] = max(maxima[k][name], value)
             maxima[k][name + "_active"] += value + margin > 0
+            maxima[k][name + "_rows"][maxima[k][name + "_kept"][seen[k]]] = value + margin > 0
+            seen[k] += 1
+    for m in maxima:
+        m.pop("rnet_kept", None)
+        m.pop("onet_kept", None)
     return losses, maxima
 
 

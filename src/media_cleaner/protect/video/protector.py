@@ -61,6 +61,9 @@ class VideoAttackConfig:
     # a face's step momentum carries over to the next frame (720p first 27 frames, seeds 0-2: 125, 125, 129 faces left
     # with it, 119, 118, 124 without)
     carry_momentum: bool = False
+    # a crop above its margin at a face's last step goes straight to the forward pass with a graph (one forward
+    # instead of a screening forward and a second one; the same loss and gradient)
+    guess_active: bool = True
     min_psnr: float = 40.5  # the perturbation is scaled down on frames where it would fall below this (dB)
     # ... and where it would put the output more than this below the protection-off output (dB), predicted from the
     # codec's error on the frame's round trip (outside the perturbation) with the two errors adding as independent
@@ -246,7 +249,7 @@ class FaceVideoProtector:
         self.face_frames = 0  # faces x frames that went through a round trip
         self.skipped: list[list[np.ndarray]] = []  # per frame with faces: boxes the round trip found removed
         self.seconds = {"detect": 0.0, "optimise": 0.0, "check": 0.0, "apply": 0.0}
-        self.prev_delta: np.ndarray | None = None
+        self.prev_delta: tuple[tuple[int, int, int, int], np.ndarray] | None = None  # (rect, values) last written
         self.flicker: list[float] = []  # mean |delta_t - delta_t-1| in 8-bit levels over the whole frame
 
     def protect_batch(self, frames: np.ndarray, ctx: VideoContext) -> np.ndarray:
@@ -413,7 +416,7 @@ class FaceVideoProtector:
             budget[key] = min(budget[key], cfg.removed_steps)
         setups = [s for s in setups if budget[id(s[0])] > 0]
         steps = max(budget.values(), default=0)
-        active: dict[int, tuple] = {}  # per face: its crops above their margin at its last step (balances shares)
+        active: dict[int, tuple] = {}  # per face and stage: its box rows above their margin at its last step
         r = cfg.round_trips
         trips = set()
         if cfg.codec_check and not cfg.trip_first and steps >= 2 * r:
@@ -466,21 +469,23 @@ class FaceVideoProtector:
         codec = [None] * len(setups)
         if residual is None and cfg.eot > 0:  # one EOT draw per face, in face order
             codec = [torch.Generator().manual_seed(int(torch.randint(2**62, (), generator=self.gen))) for _ in setups]
-        # the work of a crop, in ~0.1 ms of this CPU: cut + screening forward, then forward + backward when active
+        # the work of a crop, in ~0.1 ms of this CPU: its cut, a forward pass, and forward + backward when it was
+        # above its margin at the face's last step (or, at a frame's first step, a forward + a likely second one)
         items, costs = [], []
         for k, (face, *_) in enumerate(setups):
-            fr, fo = active.get(id(face), (1.0, 1.0))
-            for stage, (price, fraction) in enumerate(((1.7, 2.0 * fr), (7.0, 18.0 * fo))):
+            last = active.get(id(face))
+            for stage, (cut, forward) in enumerate(((0.7, 0.7), (0.7, 6.0))):
                 for j in range(drawn[k][1][stage].shape[0]):
                     items.append((k, stage, j))
-                    costs.append(price + fraction)
+                    was = True if last is None or j >= len(last[stage]) else last[stage][j]
+                    costs.append(cut + forward + (2.0 if last is not None else 3.0) * forward * was)
         shares: list[dict[int, tuple[list[int], list[int]]]] = [{} for _ in range(self.workers)]
         for (k, stage, j), share in zip(items, chunks(costs, self.workers if self.pool else 1), strict=True):
             shares[share].setdefault(k, ([], []))[stage].append(j)
         shares = [sh for sh in shares if sh]
 
-        def run(share: dict[int, tuple[list[int], list[int]]]) -> tuple[list[float], list, list[dict[str, float]]]:
-            views, boxes = [], []
+        def run(share: dict[int, tuple[list[int], list[int]]]) -> tuple[list[float], list, list[dict]]:
+            views, boxes, guess = [], [], []
             for k, (rows_r, rows_o) in share.items():
                 face, box, (y0, y1, x0, x1), (cy0, cy1, cx0, cx1), mask, pixels = setups[k]
                 delta = mask * render(face.param, box, cfg.region_margin, (y0, y1, x0, x1))
@@ -493,7 +498,11 @@ class FaceVideoProtector:
                 views.append(FaceView(x, (cy0, cx0), tuple(box.tolist()), *drawn[k][0]))
                 r_boxes, o_boxes = drawn[k][1]
                 boxes.append((r_boxes[rows_r], o_boxes[rows_o]))
-            losses, stats = frame_loss(self.model, views, frame, cfg.loss, None, active_only=True, boxes=boxes)
+                last = active.get(id(face)) if cfg.guess_active else None
+                guess.append(None if last is None else ([last[0][j] for j in rows_r], [last[1][j] for j in rows_o]))
+            losses, stats = frame_loss(
+                self.model, views, frame, cfg.loss, None, active_only=True, boxes=boxes, guess=guess
+            )
             grads: list[torch.Tensor | None] = [None] * len(share)
             if losses.requires_grad:
                 params = [setups[k][0].param for k in share]
@@ -505,30 +514,37 @@ class FaceVideoProtector:
         else:
             results = [f.result() for f in [self.pool.submit(run, sh) for sh in shares]]
         losses, grads = [0.0] * len(setups), [None] * len(setups)
-        counts = [[0, 0] for _ in setups]
+        rows = [([False] * drawn[k][1][0].shape[0], [False] * drawn[k][1][1].shape[0]) for k in range(len(setups))]
         for share, (part_losses, part_grads, stats) in zip(shares, results, strict=True):
-            for k, loss, g, st in zip(share, part_losses, part_grads, stats, strict=True):
+            for (k, (rows_r, rows_o)), loss, g, st in zip(share.items(), part_losses, part_grads, stats, strict=True):
                 losses[k] += loss
                 grads[k] = g if grads[k] is None else (grads[k] if g is None else grads[k] + g)
-                counts[k][0] += st["rnet_active"]
-                counts[k][1] += st["onet_active"]
+                for full, part, flags in ((rows[k][0], rows_r, st["rnet_rows"]), (rows[k][1], rows_o, st["onet_rows"])):
+                    for j, flag in zip(part, flags, strict=True):
+                        full[j] = flag
         for k, (face, *_) in enumerate(setups):
-            n_r, n_o = drawn[k][1][0].shape[0], drawn[k][1][1].shape[0]
-            active[id(face)] = (counts[k][0] / max(1, n_r), counts[k][1] / max(1, n_o))
+            active[id(face)] = rows[k]
         return losses, grads
 
     def _apply(self, frames: np.ndarray, faces: list[Face], frac: float, record: bool = False) -> np.ndarray:
         """`frames` (usually one) with the faces' current perturbations as at `frac` of the group painted in
-        (integer, bounded); `record` for frames that will be written (temporal figures)."""
+        (integer, bounded); `record` for frames that will be written (temporal figures). Works on the faces'
+        bounding rect only (the frame-wide figures divide by the whole frame)."""
         t0 = time.perf_counter()
         out = frames.copy()
         with torch.no_grad():
             for k, frame in enumerate(frames):
-                total = np.zeros(frame.shape, dtype=np.float32)
-                for face in faces:
-                    (y0, y1, x0, x1), delta = self._delta(frame, face, frac)
-                    total[y0:y1, x0:x1] += delta[0].permute(1, 2, 0).cpu().numpy()
-                mse, limit = float(np.mean(total * total)), self.max_mse
+                parts = [self._delta(frame, face, frac) for face in faces]
+                if not parts:
+                    if record:
+                        self._record(None, frame.size)
+                    continue
+                y0, y1 = min(r[0] for r, _ in parts), max(r[1] for r, _ in parts)
+                x0, x1 = min(r[2] for r, _ in parts), max(r[3] for r, _ in parts)
+                total = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.float32)
+                for (ry0, ry1, rx0, rx1), delta in parts:
+                    total[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] += delta[0].permute(1, 2, 0).cpu().numpy()
+                mse, limit = float(np.sum(total * total, dtype=np.float64)) / frame.size, self.max_mse
                 if self.codec_mse is not None and self.config.output_gap_db is not None:
                     limit = min(limit, self.codec_mse * (10 ** (self.config.output_gap_db / 10) - 1))
                 if mse > limit:  # large faces fill the frame: keep the perturbation's PSNR at its floor
@@ -536,12 +552,26 @@ class FaceVideoProtector:
                     self.limited += int(record and limit < self.max_mse)
                 delta_int = np.clip(np.rint(total), -self.int_bound, self.int_bound).astype(np.int16)
                 if record:
-                    if self.prev_delta is not None and self.prev_delta.shape == delta_int.shape:
-                        self.flicker.append(float(np.mean(np.abs(delta_int - self.prev_delta))))
-                    self.prev_delta = delta_int
-                out[k] = np.clip(frame.astype(np.int16) + delta_int, 0, 255).astype(np.uint8)
+                    self._record(((y0, y1, x0, x1), delta_int), frame.size)
+                patch = frame[y0:y1, x0:x1].astype(np.int16) + delta_int
+                out[k, y0:y1, x0:x1] = np.clip(patch, 0, 255).astype(np.uint8)
         self.seconds["apply"] += time.perf_counter() - t0
         return out
+
+    def _record(self, delta: tuple[tuple[int, int, int, int], np.ndarray] | None, size: int) -> None:
+        """Flicker: mean |delta_t - delta_t-1| over the whole frame (`size` values), deltas as (rect, values)."""
+        prev, self.prev_delta = self.prev_delta, delta
+        if prev is None:
+            return
+        if delta is None:
+            self.flicker.append(float(np.abs(prev[1]).sum()) / size)
+            return
+        (a, da), (b, db) = prev, delta
+        y0, y1, x0, x1 = min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
+        both = np.zeros((2, y1 - y0, x1 - x0, 3), dtype=np.int16)
+        both[0, a[0] - y0 : a[1] - y0, a[2] - x0 : a[3] - x0] = da
+        both[1, b[0] - y0 : b[1] - y0, b[2] - x0 : b[3] - x0] = db
+        self.flicker.append(float(np.abs(both[1] - both[0]).sum()) / size)
 
     def _check(self, adv: np.ndarray, faces: list[Face], frames: np.ndarray) -> int:
         """Faces the real detector still finds on the group's last frame after a real H.264 round trip (the product's
@@ -573,8 +603,8 @@ class FaceVideoProtector:
         self.groups += 1
         faces = self._faces(frames)
         if not faces:
-            if self.prev_delta is not None and self.prev_delta.any():
-                self.flicker.append(float(np.mean(np.abs(self.prev_delta))))
+            if self.prev_delta is not None and self.prev_delta[1].any():
+                self._record(None, frames[0].size)
             self.prev_delta = None
             self.flicker += [0.0] * (len(frames) - 1)
             return frames
