@@ -121,6 +121,8 @@ def bench_clip(name: str, source: Path, args: argparse.Namespace, workdir: Path)
             "ratio_to_plain_transcode_wall": round(on_wall / off_wall, 2) if off_wall else None,
             "ratio_to_plain_transcode_cpu": round(on_cpu / off_cpu, 2) if off_cpu else None,
             "video_protect_s": on.timings.get("video_protect"),
+            "protected_timings": on.timings,  # the engine's phases (decode_encode, video_quality, quality, ...)
+            "off_timings": off.timings,
         },
         "protector": stats,
     }
