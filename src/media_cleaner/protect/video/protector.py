@@ -67,8 +67,10 @@ class VideoAttackConfig:
     min_psnr: float = 40.5  # the perturbation is scaled down on frames where it would fall below this (dB)
     # ... and where it would put the output more than this below the protection-off output (dB), predicted from the
     # codec's error on the frame's round trip (outside the perturbation) with the two errors adding as independent
-    # (GRID: 40.7 dB of perturbation on a 42.0 dB encode measured 38.6; None: no such limit)
-    output_gap_db: float | None = 2.0
+    # (GRID: 40.7 dB of perturbation on a 42.0 dB encode measured 38.6). The round trip's lone P-frame has more
+    # codec error than the output's frames, so the figure is set below the 2 dB target: GRID with 2.0 measured 43.3
+    # dB of perturbation and an output 2.2 dB below protection off. None: no such limit.
+    output_gap_db: float | None = 1.6
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 0
 
