@@ -341,7 +341,7 @@ class MTCNN(nn.Module):
         boxes, inds = boxes[ok], inds[ok]
         if len(boxes) == 0:
             return empty
-        reg, logits = self.rnet(normalise(data))
+        reg, logits = self._batched(self.rnet, normalise(data), pool)
         score = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
         reg = reg.cpu().numpy()
         passed = score > t2
@@ -358,7 +358,7 @@ class MTCNN(nn.Module):
         # Stage 3: O-Net on 48x48 crops, landmarks, final NMS with the 'Min' overlap.
         data, ok = cut(inds, boxes, 48)
         boxes, inds = boxes[ok], inds[ok]
-        reg, points, logits = self.onet(normalise(data))
+        reg, points, logits = self._batched(self.onet, normalise(data), pool)
         score = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
         reg, points = reg.cpu().numpy(), points.cpu().numpy()
         passed = score > t3
@@ -381,6 +381,21 @@ class MTCNN(nn.Module):
             out.probs.append(boxes[sel][order, 4])
             out.landmarks.append(marks[sel][order])
         return out
+
+    @staticmethod
+    def _batched(net: nn.Module, data: torch.Tensor, pool: Executor | None) -> tuple[torch.Tensor, ...]:
+        """`net(data)`, in two halves on `pool`'s threads when there are enough crops (each crop's output does not
+        depend on the batch)."""
+        if pool is None or len(data) < 64:
+            return net(data)
+
+        def half(part: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            with torch.no_grad():
+                return net(part)
+
+        cut = len(data) // 2
+        first, second = pool.map(half, (data[:cut], data[cut:]))
+        return tuple(torch.cat(pair) for pair in zip(first, second, strict=True))
 
     def _pnet_cells(self, data: torch.Tensor, scale: float, offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """P-Net on normalised level data (N,3,h,w) whose first pixel is the level's `offset` (y, x), an even index:
