@@ -153,7 +153,11 @@ def attack_config(overrides: list[str]) -> AttackConfig:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
-        setattr(cfg, key, type(current)(value) if isinstance(current, int | float) and value is not None else value)
+        if isinstance(current, int | float) and value is not None:
+            value = type(current)(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        setattr(cfg, key, value)
     return cfg
 
 

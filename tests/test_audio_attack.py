@@ -217,3 +217,28 @@ def test_a_transcript_with_a_surviving_word_is_not_lost() -> None:
     assert lost(clean, heard, 1.0)  # the WER alone says lost (7 edits for 6 words)
     assert not lost(clean, heard, 1.0, max_recovered=0.1)  # "lay" is 1 of 6 words
     assert lost(clean, Heard("Le la lo bo ki ta tu.", "cy"), 1.0, max_recovered=0.1)
+
+
+def test_the_front_end_term_moves_the_features_and_keeps_the_budget(attack, shared_data) -> None:
+    """With `feature_weight` the optimisation also raises the generic front end's MFCC distance from the clean
+    track (the transfer term): more than the Whisper terms alone move it in the same steps, at the same budget."""
+    import torch
+
+    from media_cleaner.protect.audio.features import SpeechFrontEnd, feature_distance
+    from media_cleaner.protect.audio.masking import project_to_floor
+
+    _, prot = attack
+    audio = load_pcm(shared_data / "audio" / "LJ002-0020.wav")
+    front = SpeechFrontEnd()
+    x = torch.from_numpy(audio)
+    distances = []
+    for weight in (0.0, 2.0):
+        cfg = AttackConfig(steps=6, feature_weight=weight, candidate_every=2)
+        delta, figures = prot._attack.run(audio, cfg)
+        assert figures["steps_run"] == 6 and np.isfinite(delta).all()
+        assert ("feature_distance" in figures["last_window_terms"]) == bool(weight)
+        distances.append(float(feature_distance(front, x + torch.from_numpy(delta), x, front.peak(x))))
+        out = project_to_floor(audio[None], (audio + delta)[None], 16000, cfg.snr_db, margin_db=cfg.margin_db)[0]
+        kept = float(np.sum((out - audio) ** 2) / np.sum(delta**2))
+        assert kept > 0.99  # the in-graph budget already meets the floor: the projection barely touches it
+    assert distances[1] > 1.2 * distances[0], distances

@@ -167,7 +167,8 @@ class WhisperAudioProtector:
             {
                 "method": "STFT-domain perturbation at the SNR floor of every 1 s window, Adam on Whisper base fed "
                 "as faster-whisper feeds it (padded 30 s windows): clean transcript, language and speech pushed away, "
-                "the real output codec in the loop (straight-through)",
+                "the real output codec in the loop (straight-through); for transfer, a generic MFCC front end's "
+                "distance from the clean track raised alongside",
                 "codec_aware": cfg.codec_aware,
                 "objective": cfg.objective + (f": {cfg.phrase!r}" if cfg.objective == "phrase" else ""),
                 "level": ctx.level,
