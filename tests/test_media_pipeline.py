@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import av
@@ -209,3 +210,60 @@ def test_faststart_moov_before_mdat(tmp_path: Path, suffix: str) -> None:
     transcode(probe(make_clip(tmp_path / f"in{suffix}")), out, encode=FAST)
     boxes = top_level_boxes(out)
     assert boxes.index("moov") < boxes.index("mdat")
+
+
+@pytest.mark.parametrize("audio", [(("aac", 48000, "stereo"),), (("pcm_s16le", 22050, "mono"),)], ids=["copy", "pcm"])
+def test_overlapped_decode_and_encode_write_the_same_file(tmp_path: Path, audio: tuple) -> None:
+    source = make_clip(
+        tmp_path / "in.avi" if audio[0][0].startswith("pcm") else tmp_path / "in.mp4",
+        frames=40,
+        width=64,
+        height=48,
+        **({"codec": "mpeg4"} if audio[0][0].startswith("pcm") else {}),
+        audio=audio,
+    )
+    threads: set[str] = set()
+
+    def shift(frames: np.ndarray) -> np.ndarray:
+        threads.add(threading.current_thread().name)
+        out = frames.copy()
+        out[:, 8:24, 8:24] = np.clip(out[:, 8:24, 8:24].astype(int) + 3, 0, 255)
+        return out
+
+    outs = []
+    for overlap in (False, True):
+        out = tmp_path / f"out_{overlap}.mp4"
+        settings = EncodeSettings(preset="ultrafast", batch_frames=7, overlap=overlap)
+        result = transcode(probe(source), out, transform=shift, encode=settings)
+        assert result.frames == 40
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]  # the same calls on the output in the same order
+    assert threads == {threading.main_thread().name}  # the transform (progress, cancel) stays on the caller's thread
+
+
+def test_overlapped_transform_error_and_cancel_propagate(tmp_path: Path) -> None:
+    source = make_clip(tmp_path / "in.mp4", frames=40, width=64, height=48)
+    calls: list[int] = []
+
+    def fails(frames: np.ndarray) -> np.ndarray:
+        calls.append(len(frames))
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return frames
+
+    with pytest.raises(RuntimeError, match="boom"):
+        transcode(probe(source), tmp_path / "a.mp4", transform=fails, encode=EncodeSettings(batch_frames=8))
+    assert calls == [8, 8]  # stopped at the failing batch; the reader thread was stopped and joined
+
+    checks: list[int] = []
+
+    def check() -> None:
+        checks.append(1)
+        if len(checks) == 3:
+            raise KeyboardInterrupt  # stands in for the engine's Cancelled
+
+    with pytest.raises(KeyboardInterrupt):
+        transcode(
+            probe(source), tmp_path / "b.mp4", transform=lambda f: f, check=check, encode=EncodeSettings(batch_frames=8)
+        )
+    assert len(checks) == 3

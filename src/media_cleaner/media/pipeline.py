@@ -8,7 +8,10 @@ output container carries the codec, re-encoded to AAC otherwise, or encoded from
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -56,6 +59,7 @@ class EncodeSettings:
     audio_bitrate: str = "128k"
     keep_metadata: bool = False
     batch_frames: int | None = None  # None: from frame size (BATCH_BYTES)
+    overlap: bool = True  # decode ahead and encode behind a transform on threads of their own (the same file)
 
 
 @dataclass
@@ -214,52 +218,27 @@ def _run(
     batch_size = batch_size_for(out_w, out_h, encode.batch_frames)
     expected = max(1, info.video.frame_count or 1)
     encoder = _VideoEncoder(vout, output, time_base, start_us, rate)
-    pending: list[av.VideoFrame] = []
-
-    def flush_batch() -> None:
-        if not pending:
-            return
-        if check:
-            check()
-        if result.rgb_path:
-            originals = _to_rgb(pending, rotation, info.video.width, info.video.height)
-            # a transform's change goes into the decoded YUV as is (no RGB -> YUV round trip of every pixel)
-            delta = transform is not None and rotation == 0 and encoder.can_add_delta(pending, out_w, out_h)
-            # The observer (and the delta) need the untouched frames even if a transform writes into its input.
-            given = originals.copy() if (observe is not None or delta) and transform is not None else originals
-            frames = transform(given) if transform is not None else originals
-            if frames.shape != originals.shape or frames.dtype != np.uint8:
-                raise ValueError(f"video transform returned {frames.shape} {frames.dtype}, expected {originals.shape}")
-            if observe is not None:
-                observe(originals, frames)
-            if delta:
-                encoder.encode_delta(pending, frames.astype(np.int16) - originals)
+    # With a transform, decoding (a reader thread) and every output call (a writer thread, in the same order as
+    # without threads, so the file is the same) run beside the transform, which stays on this thread with the
+    # progress and cancel checks. Without one the transcode is I/O-bound and stays on one thread.
+    overlap = encode.overlap and transform is not None and result.rgb_path
+    to_rgb = (lambda b: _to_rgb(b, rotation, info.video.width, info.video.height)) if result.rgb_path else None
+    items = _items(container, selected, vin, batch_size, to_rgb)
+    writer = _Writer(threaded=overlap)
+    source = _Ahead(items) if overlap else None
+    try:
+        for kind, item in source if source is not None else items:
+            if kind == "video":
+                _video_batch(item, transform, observe, encoder, writer, rotation, out_w, out_h, in_ctx, check, result)
+                if progress:
+                    progress(min(0.99, result.frames / expected))
             else:
-                encoder.encode_rgb(pad_even(frames), [f.pts for f in pending], in_ctx)
-        else:
-            encoder.encode_frames(pending)
-        result.frames += len(pending)
-        pending.clear()
-        if progress:
-            progress(min(0.99, result.frames / expected))
-
-    for packet in _demux(container, selected):
-        index = packet.stream.index
-        if index == vin.index:
-            for frame in _decode(vin, packet):
-                pending.append(frame)
-                if len(pending) >= batch_size:
-                    flush_batch()
-            continue
-        kind, aout, helper = audio_plan[index]
-        if kind == "copy":
-            _mux_copy(output, aout, packet, start_us)
-        elif kind == "transcode":
-            output.mux(helper.packets_for(packet if packet.size else None))
-        elif packet.pts is not None and packet.time_base:
-            end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - start_us / 1e6
-            output.mux(helper.packets_until(end))
-    flush_batch()
+                writer.run(_audio_packet, output, audio_plan, item, start_us)
+        writer.wait()
+    finally:
+        if source is not None:
+            source.close()
+        writer.close()
     if result.frames == 0:
         raise InvalidMediaError("no decodable video frame (truncated or corrupt file)")
     encoder.flush()
@@ -270,6 +249,150 @@ def _run(
             output.mux(helper.packets_for(None))
     if progress:
         progress(1.0)
+
+
+def _items(
+    container: av.container.InputContainer,
+    selected: list[av.stream.Stream],
+    vin: av.video.stream.VideoStream,
+    batch_size: int,
+    to_rgb: Callable[[list[av.VideoFrame]], np.ndarray] | None,
+) -> Iterator[tuple[str, Any]]:
+    """The input in file order: ("audio", packet) and ("video", (decoded frames, their RGB or None)) per batch."""
+    pending: list[av.VideoFrame] = []
+    for packet in _demux(container, selected):
+        if packet.stream.index != vin.index:
+            yield "audio", packet
+            continue
+        for frame in _decode(vin, packet):
+            pending.append(frame)
+            if len(pending) >= batch_size:
+                yield "video", (pending, to_rgb(pending) if to_rgb else None)
+                pending = []
+    if pending:
+        yield "video", (pending, to_rgb(pending) if to_rgb else None)
+
+
+def _video_batch(
+    item: tuple[list[av.VideoFrame], np.ndarray | None],
+    transform: FrameTransform | None,
+    observe: BatchObserver | None,
+    encoder: _VideoEncoder,
+    writer: _Writer,
+    rotation: int,
+    out_w: int,
+    out_h: int,
+    in_ctx: av.codec.context.CodecContext,
+    check: Callable[[], None] | None,
+    result: TranscodeResult,
+) -> None:
+    """Transform one decoded batch here and hand its encoding to the writer (after the previous batch's, so at most
+    one batch waits to be encoded while the next one is transformed)."""
+    pending, originals = item
+    if check:
+        check()
+    writer.wait()
+    if originals is None:
+        writer.run(encoder.encode_frames, pending)
+        result.frames += len(pending)
+        return
+    # a transform's change goes into the decoded YUV as is (no RGB -> YUV round trip of every pixel)
+    delta = transform is not None and rotation == 0 and encoder.can_add_delta(pending, out_w, out_h)
+    # The observer (and the delta) need the untouched frames even if a transform writes into its input.
+    given = originals.copy() if (observe is not None or delta) and transform is not None else originals
+    frames = transform(given) if transform is not None else originals
+    if frames.shape != originals.shape or frames.dtype != np.uint8:
+        raise ValueError(f"video transform returned {frames.shape} {frames.dtype}, expected {originals.shape}")
+    if observe is not None:
+        observe(originals, frames)
+    if delta:
+        writer.run(lambda: encoder.encode_delta(pending, frames.astype(np.int16) - originals))
+    else:
+        writer.run(encoder.encode_rgb, pad_even(frames), [f.pts for f in pending], in_ctx)
+    result.frames += len(pending)
+
+
+def _audio_packet(
+    output: av.container.OutputContainer, plan: dict[int, tuple[str, Any, Any]], packet: av.Packet, start_us: int
+) -> None:
+    kind, aout, helper = plan[packet.stream.index]
+    if kind == "copy":
+        _mux_copy(output, aout, packet, start_us)
+    elif kind == "transcode":
+        output.mux(helper.packets_for(packet if packet.size else None))
+    elif packet.pts is not None and packet.time_base:
+        end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - start_us / 1e6
+        output.mux(helper.packets_until(end))
+
+
+class _Writer:
+    """Every call on the output (muxing, encoding) in submission order: on one thread of its own when `threaded`
+    (PyAV releases the GIL inside libav's calls, so they run while the transform computes), else right away."""
+
+    def __init__(self, threaded: bool) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="video-writer") if threaded else None
+        self.last: Future | None = None
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self.pool is None:
+            fn(*args)
+        else:
+            self.last = self.pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        """Until every call so far is done; raises the first one's error."""
+        if self.last is not None:
+            last, self.last = self.last, None
+            last.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Ahead:
+    """An iterator run on a thread of its own, at most `depth` items ahead (decoding beside the transform)."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator[Any], depth: int = 1) -> None:
+        self.items = items
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._fill, name="video-reader", daemon=True)
+        self.thread.start()
+
+    def _put(self, value: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self) -> None:
+        try:
+            for item in self.items:
+                if not self._put((item, None)):
+                    return
+            self._put((self._END, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put((self._END, exc))
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item, exc = self.queue.get()
+            if exc is not None:
+                raise exc
+            if item is self._END:
+                return
+            yield item
+
+    def close(self) -> None:
+        """Stop reading and wait for the thread (the input container is closed after this)."""
+        self.stop.set()
+        self.thread.join()
 
 
 def _demux(container: av.container.InputContainer, streams: list[av.stream.Stream]) -> Iterator[av.Packet]:
