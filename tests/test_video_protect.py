@@ -316,3 +316,26 @@ def test_workers_and_shares(settings: Settings) -> None:
     assert chunks(costs, 1) == [0] * len(costs)
     assert chunks([], 2) == []
     assert set(chunks([1.0] * 9, 3)) == {0, 1, 2}
+
+
+def test_round_trip_codes_a_macroblock_aligned_crop_around_the_faces(settings: Settings) -> None:
+    from media_cleaner.protect.video.codec import h264_roundtrip  # noqa: PLC0415
+    from media_cleaner.protect.video.protector import Face, region_of  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    base = np.repeat(np.repeat(rng.integers(40, 200, (2, 45, 80, 3), dtype=np.uint8), 16, 1), 16, 2)  # 720x1280
+    clip = base.copy()
+    clip[:, 300:340, 500:540] += 3
+    face = Face(np.array([500.0, 300, 540, 340]), np.array([500.0, 300, 540, 340]), torch.zeros(3, 8, 8))
+    protector = create(settings, ModelRegistry(settings), VideoAttackConfig())
+    seen = protector._coded(clip, base, [face], 0.5)
+    y0, y1, x0, x1 = protector.coded_rect
+    assert all(v % 16 == 0 for v in (y0, y1, x0, x1)) and (y1 - y0) * (x1 - x0) < 0.1 * 720 * 1280
+    ry0, ry1, rx0, rx1 = region_of(face.first, 1.0, 720, 1280)[1]  # everything the detection near the face reads
+    assert y0 <= ry0 - 16 and ry1 + 16 <= y1 and x0 <= rx0 - 16 and rx1 + 16 <= x1
+    outside = np.ones((720, 1280), dtype=bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(seen[:, outside], clip[:, outside])  # uncoded there
+    whole = h264_roundtrip(clip, 18, base=base)[:, y0:y1, x0:x1]
+    assert psnr(seen[:, y0:y1, x0:x1], whole) > 40  # the crop coded alone: close to the whole frame's coding
+    assert not np.array_equal(seen[:, y0:y1, x0:x1], clip[:, y0:y1, x0:x1])

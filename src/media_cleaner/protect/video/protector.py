@@ -56,6 +56,9 @@ class VideoAttackConfig:
     # the round trip's detection runs P-Net only on the faces' regions (face box + this many face sizes; None: the
     # whole frame); at 1.0 the detections and the candidates near each face are those of the whole frame
     trip_margin: float | None = 1.0
+    # round trips code only a crop of the frames around the faces (aligned to x264's 16-pixel macroblocks of the
+    # whole frame, `crop_pad` pixels beyond every region the steps and the detection read); None: the whole frame
+    trip_crop: int | None = 16
     # the same face on the group's first and last key frames: centres at most this many face sizes apart
     match_distance: float = 1.0
     # a face's step momentum carries over to the next frame (720p first 27 frames, seeds 0-2: 125, 125, 129 faces left
@@ -238,6 +241,7 @@ class FaceVideoProtector:
         self.int_bound = int(math.floor(self.bound + 1e-6))
         self.max_mse = 255.0**2 / 10 ** (self.config.min_psnr / 10)
         self.codec_mse: float | None = None  # the codec's own error on the latest round trip's frame
+        self.coded_rect = (0, 0, 0, 0)  # (y0, y1, x0, x1) the latest round trip coded
         self.limited = 0  # frames scaled down by the output-gap limit
         self.gen = torch.Generator().manual_seed(self.config.seed)
         self.prev_boxes: np.ndarray | None = None  # detections on the last key frame, reused as the next first
@@ -349,13 +353,40 @@ class FaceVideoProtector:
             clip, base, at = adv, frames[t : t + 1], 0
         else:  # (coding it as a B-frame between two references measured no better)
             clip, base, at = np.stack([self.prev_out, adv[0]]), np.stack([self.prev_in, frames[t]]), 1
-        seen = h264_roundtrip(clip, self.config.crf, base=base if self.config.yuv_delta else None)[at]
+        seen = self._coded(clip, base, faces, frac)[at]
         residual = seen.astype(np.float32) - adv[0]
-        # the codec's error where the frame is untouched (every other row and column): what protection off costs
-        same = (adv[0, ::2, ::2] == frames[t, ::2, ::2]).all(axis=2)
+        # the codec's error where the frame is untouched (every other row and column of what was coded): what
+        # protection off costs
+        y0, y1, x0, x1 = self.coded_rect
+        same = (adv[0, y0:y1:2, x0:x1:2] == frames[t, y0:y1:2, x0:x1:2]).all(axis=2)
         if same.any():
-            self.codec_mse = float(np.mean(np.square(residual[::2, ::2][same])))
+            self.codec_mse = float(np.mean(np.square(residual[y0:y1:2, x0:x1:2][same])))
         return seen, residual
+
+    def _coded(self, clip: np.ndarray, base: np.ndarray, faces: list[Face], frac: float) -> np.ndarray:
+        """`clip` through the real encoder (`base`: its unprotected frames): the whole frames, or with `trip_crop` a
+        macroblock-aligned crop around the faces as at `frac` coded alone and put back into `clip`'s frames (the
+        pixels outside it uncoded: neither the steps nor the detection near the faces read them)."""
+        cfg = self.config
+        base = base if cfg.yuv_delta else None
+        h, w = clip.shape[1:3]
+        self.coded_rect = (0, h, 0, w)
+        if cfg.trip_crop is None or not faces or h % 2 or w % 2:
+            return h264_roundtrip(clip, cfg.crf, base=base)
+        reach = max(cfg.trip_margin if cfg.trip_margin is not None else 0.0, cfg.region_margin + cfg.context)
+        rects = [region_of(f.box_at(frac), reach, h, w)[1] for f in faces]
+        pad = cfg.trip_crop
+        y0 = max(0, (min(r[0] for r in rects) - pad) // 16 * 16)
+        y1 = min(h, -(-(max(r[1] for r in rects) + pad) // 16) * 16)
+        x0 = max(0, (min(r[2] for r in rects) - pad) // 16 * 16)
+        x1 = min(w, -(-(max(r[3] for r in rects) + pad) // 16) * 16)
+        if (y1 - y0) * (x1 - x0) > 0.8 * h * w or cfg.trip_margin is None:
+            return h264_roundtrip(clip, cfg.crf, base=base)
+        self.coded_rect = (y0, y1, x0, x1)
+        sub = h264_roundtrip(clip[:, y0:y1, x0:x1], cfg.crf, base=None if base is None else base[:, y0:y1, x0:x1])
+        out = clip.copy()
+        out[:, y0:y1, x0:x1] = sub
+        return out
 
     def _detect_near(self, frame: np.ndarray, faces: list[Face], frac: float) -> Detections:
         """MTCNN on `frame` around the faces as at `frac` (`trip_margin`), or on the whole frame."""
@@ -584,8 +615,7 @@ class FaceVideoProtector:
         """
         t0 = time.perf_counter()
         adv, frames = adv[-2:], frames[-2:]
-        base = frames if self.config.yuv_delta else None
-        seen = h264_roundtrip(adv, self.config.crf, base=base) if self.config.codec_check else adv
+        seen = self._coded(adv, frames, faces, 1.0) if self.config.codec_check else adv
         det = self._detect_near(seen[-1], faces, 1.0)
         left = sum(int(any(iou(b, face.last) > 0.3 for b in det.boxes[0])) for face in faces)
         self._harden(det, faces)
