@@ -252,7 +252,9 @@ def test_overlapped_transform_error_and_cancel_propagate(tmp_path: Path) -> None
         return frames
 
     with pytest.raises(RuntimeError, match="boom"):
-        transcode(probe(source), tmp_path / "a.mp4", transform=fails, encode=EncodeSettings(batch_frames=8))
+        transcode(
+            probe(source), tmp_path / "a.mp4", transform=fails, encode=EncodeSettings(batch_frames=8, overlap=True)
+        )
     assert calls == [8, 8]  # stopped at the failing batch; the reader thread was stopped and joined
 
     checks: list[int] = []
@@ -264,6 +266,10 @@ def test_overlapped_transform_error_and_cancel_propagate(tmp_path: Path) -> None
 
     with pytest.raises(KeyboardInterrupt):
         transcode(
-            probe(source), tmp_path / "b.mp4", transform=lambda f: f, check=check, encode=EncodeSettings(batch_frames=8)
+            probe(source),
+            tmp_path / "b.mp4",
+            transform=lambda f: f,
+            check=check,
+            encode=EncodeSettings(batch_frames=8, overlap=True),
         )
     assert len(checks) == 3
