@@ -115,7 +115,13 @@ def test_check_stops_the_optimisation_once_the_transcript_is_lost(attack, shared
         return real(pcm, exact) if len(calls) == 1 else Heard("" if len(calls) >= 3 else "one two three", "en")
 
     cfg = AttackConfig(
-        steps=40, check_every=2, codec_every=2, priming_delay=100, confirmations=1, check_every_holding=2
+        steps=40,
+        check_every=2,
+        codec_every=2,
+        priming_delay=100,
+        confirmations=1,
+        check_every_holding=2,
+        margin_steps=0,
     )
     delta, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=listen)
     assert "three" in figures["clean_heard"].lower() or "3" in figures["clean_heard"]
@@ -126,7 +132,7 @@ def test_check_stops_the_optimisation_once_the_transcript_is_lost(attack, shared
 
 def test_a_loss_needs_consecutive_checks_and_the_evaluators_decoding(attack, shared_data) -> None:
     """With `confirmations=2` a single lost check is not enough (a state just past the boundary flipped back on
-    the file), and the stop waits for the full decoding to agree."""
+    the file), and the stop waits for the full decoding to agree; a few unchecked steps follow it."""
     _, prot = attack
     audio = load_pcm(shared_data / "audio" / "LJ002-0020.wav")
     # What the recogniser "hears" at each call: the clean track, then checks at steps 2, 4, 6, 8 (+ confirmation).
@@ -137,10 +143,12 @@ def test_a_loss_needs_consecutive_checks_and_the_evaluators_decoding(attack, sha
         calls.append(exact)
         return Heard(script[len(calls) - 1], "en")
 
-    cfg = AttackConfig(steps=20, check_every=2, codec_every=2, confirmations=2, check_every_holding=2)
+    cfg = AttackConfig(steps=20, check_every=2, codec_every=2, confirmations=2, check_every_holding=2, margin_steps=4)
     _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=listen)
     assert figures["stopped_at"] == 8 and figures["heard"] == ["", "in 1813", "", ""]
     assert calls == [True, False, False, False, False, True]  # only the stopping check is decoded in full
+    # `margin_steps` more steps past the confirmed stop (an option, off by default: measured worse), unchecked.
+    assert figures["steps_run"] == 8 + cfg.margin_steps
 
 
 def scripted_listen(script: list[tuple[str, bool]], calls: list[bool]):  # noqa: ANN201

@@ -234,7 +234,7 @@ def test_the_stop_is_decided_on_the_file_as_delivered(tmp_path, shared_data) -> 
     prot = create(
         settings,
         ModelRegistry(settings),
-        AttackConfig(check_every=2, confirmations=1, stop_wer=0.0, stop_recovered=1.0),
+        AttackConfig(check_every=2, confirmations=1, stop_wer=0.0, stop_recovered=1.0, margin_steps=0),
     )
     ctx = AudioContext(settings=settings, level="weak", sample_rate=22050, channels=1, cancel=CancelToken())
     prot.prepare(ctx)

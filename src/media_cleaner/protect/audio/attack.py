@@ -64,6 +64,9 @@ class AttackConfig:
     redraws: int = 2  # ... and when the confirming decode fell back to sampling, this many more must agree (the
     # evaluator samples too: lbax4n's confirmation heard no word left where the evaluator then heard "now") ...
     redraw_words: int = 10  # ... on transcripts of at most this many words, where one surviving word costs > 10%
+    margin_steps: int = 0  # steps past a confirmed stop, unchecked (measured worse at 4: jfk 82% / PocketSphinx
+    # 64% instead of 132% / 95%, LJ002 PocketSphinx 20% instead of 60%; the idea was that a state just past the
+    # boundary can flip back under the evaluator's sampled fallback and that a more confident example transfers)
     candidates: int = 32  # transcript terms: log-softmax over each position's top-k tokens (0: the full vocabulary)
     candidate_every: int = 4  # steps between refreshes of the top-k candidates (a no-grad full-vocabulary pass)
     shift: bool = True  # a random sub-frame delay each step: recognisers' frames never line up with ours
@@ -328,10 +331,12 @@ class WhisperAttack:
         if clean_heard is not None and not clean_heard.text:
             stopped_at = 0  # nothing recognisable to begin with
         for step in range(cfg.steps if stopped_at is None else 0):
+            if stopped_at is not None and step >= stopped_at + cfg.margin_steps:
+                break
             check()
             opt.zero_grad(set_to_none=True)
             delta = perturbation()
-            checking = listen is not None and step == next_check
+            checking = listen is not None and step == next_check and stopped_at is None
             if codec is not None and step and (step % cfg.codec_every == 0 or checking):
                 with timed("codec"):
                     base = coded_base(delta)
@@ -364,7 +369,8 @@ class WhisperAttack:
                 heard.append(now.text)
                 if streak >= cfg.confirmations:
                     stopped_at = step
-                    break
+                    if not cfg.margin_steps:
+                        break
                 if untargeted:
                     retarget = self._push_heard(now, windows, prompts, targets, decoding, cfg)
             step_started = time.perf_counter()
