@@ -247,8 +247,7 @@ def test_change_on_its_bounding_box_equals_the_pipeline(shared_data: Path) -> No
     pipeline's whole-frame `add_rgb_delta`, for a face-sized change anywhere (edges included) and none."""
     import cv2  # noqa: PLC0415
 
-    from media_cleaner.media.pipeline import add_rgb_delta  # noqa: PLC0415
-    from media_cleaner.protect.video.codec import add_delta_where_changed  # noqa: PLC0415
+    from media_cleaner.media.pipeline import add_delta_where_changed, add_rgb_delta  # noqa: PLC0415
 
     frame = crowd_frames(shared_data, 1)[0]
     i420 = cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420)

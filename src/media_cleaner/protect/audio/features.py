@@ -65,10 +65,7 @@ class SpeechFrontEnd:
         """(..., N) audio -> (..., T, n_filters) natural-log filterbank energies. Energies are floored `floor_db`
         below the loudest band of `reference_peak` (the clean track's, so both tracks share one floor): without a
         floor the log is ruled by near-silent bands, which recognisers discard as noise anyway."""
-        emphasised = torch.cat([audio[..., :1], audio[..., 1:] - 0.97 * audio[..., :-1]], -1)
-        frames = emphasised.unfold(-1, FRAME, HOP) * self.window
-        power = torch.fft.rfft(frames, N_FFT).abs().pow(2)
-        energy = power @ self.filters.T
+        energy = self.energy(audio)
         peak = energy.detach().amax() if reference_peak is None else reference_peak
         return torch.log(energy + peak * 10.0 ** (-self.floor_db / 10.0))
 
@@ -77,12 +74,16 @@ class SpeechFrontEnd:
         ceps = self.log_mel(audio, reference_peak) @ self.dct.T
         return ceps - ceps.mean(-2, keepdim=True)
 
+    def energy(self, audio: torch.Tensor) -> torch.Tensor:
+        """(..., T, n_filters) filterbank energies of pre-emphasised, Hamming-windowed frames."""
+        emphasised = torch.cat([audio[..., :1], audio[..., 1:] - 0.97 * audio[..., :-1]], -1)
+        frames = emphasised.unfold(-1, FRAME, HOP) * self.window
+        return torch.fft.rfft(frames, N_FFT).abs().pow(2) @ self.filters.T
+
     def peak(self, audio: torch.Tensor) -> torch.Tensor:
         """The loudest filterbank energy of `audio` (the floor's reference)."""
         with torch.no_grad():
-            emphasised = torch.cat([audio[..., :1], audio[..., 1:] - 0.97 * audio[..., :-1]], -1)
-            frames = emphasised.unfold(-1, FRAME, HOP) * self.window
-            return (torch.fft.rfft(frames, N_FFT).abs().pow(2) @ self.filters.T).amax()
+            return self.energy(audio).amax()
 
 
 def feature_distance(

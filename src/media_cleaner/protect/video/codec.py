@@ -18,8 +18,6 @@ import torch.nn.functional as F
 
 from media_cleaner.media.pipeline import add_delta_where_changed, pad_even
 
-__all__ = ["add_delta_where_changed", "gaussian_blur", "h264_roundtrip", "random_codec"]
-
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (N,C,H,W), reflect padding."""
