@@ -371,16 +371,17 @@ class FaceVideoProtector:
         base = base if cfg.yuv_delta else None
         h, w = clip.shape[1:3]
         self.coded_rect = (0, h, 0, w)
-        if cfg.trip_crop is None or not faces or h % 2 or w % 2:
+        # without `trip_margin` the detection reads the whole frame, so the whole frame is coded
+        if cfg.trip_crop is None or cfg.trip_margin is None or not faces or h % 2 or w % 2:
             return h264_roundtrip(clip, cfg.crf, base=base)
-        reach = max(cfg.trip_margin if cfg.trip_margin is not None else 0.0, cfg.region_margin + cfg.context)
+        reach = max(cfg.trip_margin, cfg.region_margin + cfg.context)
         rects = [region_of(f.box_at(frac), reach, h, w)[1] for f in faces]
         pad = cfg.trip_crop
         y0 = max(0, (min(r[0] for r in rects) - pad) // 16 * 16)
         y1 = min(h, -(-(max(r[1] for r in rects) + pad) // 16) * 16)
         x0 = max(0, (min(r[2] for r in rects) - pad) // 16 * 16)
         x1 = min(w, -(-(max(r[3] for r in rects) + pad) // 16) * 16)
-        if (y1 - y0) * (x1 - x0) > 0.8 * h * w or cfg.trip_margin is None:
+        if (y1 - y0) * (x1 - x0) > 0.8 * h * w:
             return h264_roundtrip(clip, cfg.crf, base=base)
         self.coded_rect = (y0, y1, x0, x1)
         sub = h264_roundtrip(clip[:, y0:y1, x0:x1], cfg.crf, base=None if base is None else base[:, y0:y1, x0:x1])
