@@ -26,9 +26,11 @@ class ShiftVideo:
     def __init__(self, delta: int = 3) -> None:
         self.delta = delta
         self.batches = 0
+        self.encoder: tuple[int | None, str | None] | None = None
 
     def prepare(self, ctx) -> None:
         ctx.stats["prepared"] = True
+        self.encoder = (ctx.crf, ctx.preset)
 
     def protect_batch(self, frames: np.ndarray, ctx) -> np.ndarray:
         self.batches += 1
@@ -100,6 +102,7 @@ def test_protectors_applied_and_measured(tmp_path: Path, settings: Settings) -> 
     )
     assert report.parameters["audio_level"] == "medium" and report.parameters["crf"] == 20
     assert report.video == {"protector": "shift", "prepared": True, "frames": 30, "finished": True}
+    assert video.encoder == (20, settings.video_preset)  # the protector learns how the output will be coded
     assert report.audio["protector"] == "noise" and report.audio["rate"] == 48000
     q = report.quality["video"]
     assert q["linf_max"] == 3 and q["frames"] == 30 and not q["identical"]

@@ -18,6 +18,7 @@ from media_cleaner.progress import CancelToken
 from media_cleaner.protect.base import VideoContext
 from media_cleaner.protect.video import VideoAttackConfig, create, pixel_bound
 from media_cleaner.protect.video.attack import exact_crops
+from media_cleaner.protect.video.codec import h264_roundtrip
 
 FAST = VideoAttackConfig(group=4, first_steps=6, steps=2)
 
@@ -44,6 +45,20 @@ def onet_logit(protector, frame: np.ndarray, box: np.ndarray) -> float:  # noqa:
 def test_pixel_bound_from_epsilon() -> None:
     assert pixel_bound(0.12) == pytest.approx(6.9156, abs=1e-3)
     assert pixel_bound(0.20) == pytest.approx(11.526, abs=1e-3)
+
+
+def test_round_trips_code_as_the_output(settings: Settings, shared_data: Path) -> None:
+    frames = grid_frames(shared_data, 2)
+    protector = create(settings, ModelRegistry(settings), FAST)
+    ctx = context(settings, frames)
+    protector.prepare(ctx)
+    assert (protector.crf, protector.preset) == (FAST.crf, FAST.preset)  # no output settings given: its own
+    ctx.crf, ctx.preset = 30, "veryfast"
+    protector.prepare(ctx)
+    assert (protector.crf, protector.preset) == (30, "veryfast")
+    coarse = protector._coded(frames, frames, [], 0.0)
+    fine = h264_roundtrip(frames, FAST.crf, FAST.preset)
+    assert psnr(frames, coarse) < psnr(frames, fine) - 2  # coded at the output's CRF 30, not the default 18
 
 
 def test_bound_shaping_and_stats(settings: Settings, shared_data: Path) -> None:

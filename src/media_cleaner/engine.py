@@ -337,6 +337,8 @@ def _video_transform(
         frame_count=info.video.frame_count,
         cancel=cancel,
         progress=lambda f, phase="video": progress(f, phase),
+        crf=settings.video_crf if options.crf is None else options.crf,
+        preset=settings.video_preset,
     )
     protector.prepare(ctx)
     return ctx, _TimedTransform(protector, ctx, progress, info.video.frame_count or 1)

@@ -24,6 +24,8 @@ class VideoContext:
     cancel: CancelToken
     stats: dict[str, Any] = field(default_factory=dict)  # the protector's figures for the report
     progress: ProgressCallback = no_progress  # 0..1 over the whole video (frames done / frame_count)
+    crf: int | None = None  # the output's x264 CRF and preset (None: the protector's own defaults), so that the
+    preset: str | None = None  # attack's real-encoder round trips code the frames as the output file will
 
 
 @dataclass

@@ -45,7 +45,8 @@ class VideoAttackConfig:
     context: float = 0.2  # unperturbed pixels around the region the loss also sees (exact pyramid/crop sampling)
     eot: float = 1.0  # strength of the random lossy-channel draws (0: none)
     codec_check: bool = True  # real H.264 round trips: straight-through in the steps, and for the check
-    crf: int = 18
+    crf: int = 18  # the round trips' encoder settings when the context does not give the output's
+    preset: str = "medium"
     yuv_delta: bool = True  # round trips code the change added to the frame's YUV, as the pipeline writes it
     round_trips: int = 1  # real-encoder round trips per frame inside its steps (only without trip_first)
     trip_first: bool = True  # one round trip + detection before a frame's steps (its candidates, which faces remain)
@@ -238,6 +239,8 @@ class FaceVideoProtector:
                 )
         self.device = self.model.device
         self.bound = pixel_bound(ctx.epsilon)
+        self.crf = self.config.crf if ctx.crf is None else ctx.crf
+        self.preset = self.config.preset if ctx.preset is None else ctx.preset
         self.int_bound = int(math.floor(self.bound + 1e-6))
         self.max_mse = 255.0**2 / 10 ** (self.config.min_psnr / 10)
         self.codec_mse: float | None = None  # the codec's own error on the latest round trip's frame
@@ -373,7 +376,7 @@ class FaceVideoProtector:
         self.coded_rect = (0, h, 0, w)
         # without `trip_margin` the detection reads the whole frame, so the whole frame is coded
         if cfg.trip_crop is None or cfg.trip_margin is None or not faces or h % 2 or w % 2:
-            return h264_roundtrip(clip, cfg.crf, base=base)
+            return h264_roundtrip(clip, self.crf, self.preset, base=base)
         reach = max(cfg.trip_margin, cfg.region_margin + cfg.context)
         rects = [region_of(f.box_at(frac), reach, h, w)[1] for f in faces]
         pad = cfg.trip_crop
@@ -382,9 +385,11 @@ class FaceVideoProtector:
         x0 = max(0, (min(r[2] for r in rects) - pad) // 16 * 16)
         x1 = min(w, -(-(max(r[3] for r in rects) + pad) // 16) * 16)
         if (y1 - y0) * (x1 - x0) > 0.8 * h * w:
-            return h264_roundtrip(clip, cfg.crf, base=base)
+            return h264_roundtrip(clip, self.crf, self.preset, base=base)
         self.coded_rect = (y0, y1, x0, x1)
-        sub = h264_roundtrip(clip[:, y0:y1, x0:x1], cfg.crf, base=None if base is None else base[:, y0:y1, x0:x1])
+        sub = h264_roundtrip(
+            clip[:, y0:y1, x0:x1], self.crf, self.preset, base=None if base is None else base[:, y0:y1, x0:x1]
+        )
         out = clip.copy()
         out[:, y0:y1, x0:x1] = sub
         return out
