@@ -61,6 +61,16 @@ def test_round_trips_code_as_the_output(settings: Settings, shared_data: Path) -
     assert psnr(frames, coarse) < psnr(frames, fine) - 2  # coded at the output's CRF 30, not the default 18
 
 
+def test_quality_guards_relax_with_a_larger_epsilon(settings: Settings, shared_data: Path) -> None:
+    frames = grid_frames(shared_data, 1)
+    protector = create(settings, ModelRegistry(settings), FAST)
+    default = settings.default_video_epsilon
+    for epsilon, relax in ((default / 2, 0.0), (default, 0.0), (2 * default, 20 * np.log10(2))):
+        protector.prepare(context(settings, frames, epsilon))
+        assert protector.stats()["min_psnr_db"] == pytest.approx(FAST.min_psnr - relax, abs=0.01)
+        assert protector.stats()["max_output_gap_db"] == pytest.approx(FAST.output_gap_db + relax, abs=0.01)
+
+
 def test_bound_shaping_and_stats(settings: Settings, shared_data: Path) -> None:
     frames = grid_frames(shared_data, 6)
     protector = create(settings, ModelRegistry(settings), FAST)

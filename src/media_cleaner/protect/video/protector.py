@@ -68,7 +68,9 @@ class VideoAttackConfig:
     # a crop above its margin at a face's last step goes straight to the forward pass with a graph (one forward
     # instead of a screening forward and a second one; the same loss and gradient)
     guess_active: bool = True
-    min_psnr: float = 40.5  # the perturbation is scaled down on frames where it would fall below this (dB)
+    # the perturbation is scaled down on frames where it would fall below this (dB; at the default epsilon, see
+    # `prepare` for a larger one)
+    min_psnr: float = 40.5
     # ... and where it would put the output more than this below the protection-off output (dB), predicted from the
     # codec's error on the frame's round trip (outside the perturbation) with the two errors adding as independent
     # (GRID: 40.7 dB of perturbation on a 42.0 dB encode measured 38.6). The round trip's lone P-frame has more
@@ -242,7 +244,13 @@ class FaceVideoProtector:
         self.crf = self.config.crf if ctx.crf is None else ctx.crf
         self.preset = self.config.preset if ctx.preset is None else ctx.preset
         self.int_bound = int(math.floor(self.bound + 1e-6))
-        self.max_mse = 255.0**2 / 10 ** (self.config.min_psnr / 10)
+        # the two quality guards are set for the default epsilon; a user who asks for a larger bound accepts a more
+        # visible change, so both relax by the bounds' ratio in dB (else a larger epsilon changed nothing wherever a
+        # guard binds: GRID gave the same output at 0.12, 0.2 and 0.3)
+        self.relax_db = 20 * math.log10(max(1.0, ctx.epsilon / self.settings.default_video_epsilon))
+        self.max_mse = 255.0**2 / 10 ** ((self.config.min_psnr - self.relax_db) / 10)
+        gap = self.config.output_gap_db
+        self.output_gap_db = None if gap is None else gap + self.relax_db
         self.codec_mse: float | None = None  # the codec's own error on the latest round trip's frame
         self.coded_rect = (0, 0, 0, 0)  # (y0, y1, x0, x1) the latest round trip coded
         self.limited = 0  # frames scaled down by the output-gap limit
@@ -301,6 +309,8 @@ class FaceVideoProtector:
             "face_frames": self.face_frames,
             "face_frames_removed_at_round_trip": sum(len(s) for s in self.skipped),
             "frames_limited_by_output_gap": self.limited,
+            "min_psnr_db": round(self.config.min_psnr - self.relax_db, 2),
+            "max_output_gap_db": None if self.output_gap_db is None else round(self.output_gap_db, 2),
             "flicker_mean_abs": round(float(np.mean(self.flicker)), 4) if self.flicker else 0.0,
             "seconds": round(total, 3),
             "seconds_per_frame": round(total / max(1, self.frames), 4),
@@ -584,8 +594,8 @@ class FaceVideoProtector:
                 for (ry0, ry1, rx0, rx1), delta in parts:
                     total[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] += delta[0].permute(1, 2, 0).cpu().numpy()
                 mse, limit = float(np.sum(total * total, dtype=np.float64)) / frame.size, self.max_mse
-                if self.codec_mse is not None and self.config.output_gap_db is not None:
-                    limit = min(limit, self.codec_mse * (10 ** (self.config.output_gap_db / 10) - 1))
+                if self.codec_mse is not None and self.output_gap_db is not None:
+                    limit = min(limit, self.codec_mse * (10 ** (self.output_gap_db / 10) - 1))
                 if mse > limit:  # large faces fill the frame: keep the perturbation's PSNR at its floor
                     total *= math.sqrt(limit / mse)
                     self.limited += int(record and limit < self.max_mse)
