@@ -1,0 +1,59 @@
+"""Speed changes to the video attack and the pipeline that must not change what they compute."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from media_cleaner.media.pipeline import add_delta_where_changed, pad_even
+from media_cleaner.protect.video.codec import h264_roundtrip
+
+
+def grid_frames(shared_data: Path, count: int) -> np.ndarray:
+    with av.open(str(shared_data / "video" / "grid_bbaf2n.mpg")) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for _, f in zip(range(count), c.decode(video=0), strict=False)])
+
+
+def muxed_roundtrip(frames: np.ndarray, crf: int, preset: str, base: np.ndarray | None) -> np.ndarray:
+    """The round trip as it was written before: an in-memory mp4 muxed and demuxed, the decoder's default threads."""
+    n, h, w = frames.shape[:3]
+    padded = pad_even(frames)
+    delta = base is not None and h % 2 == 0 and w % 2 == 0
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = padded.shape[2], padded.shape[1], "yuv420p"
+        stream.options = {"crf": str(crf), "preset": preset}
+        for k, rgb in enumerate(padded):
+            if delta:
+                i420 = add_delta_where_changed(
+                    cv2.cvtColor(base[k], cv2.COLOR_RGB2YUV_I420), rgb.astype(np.int16) - base[k]
+                )
+            else:
+                i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(i420, format="yuv420p")))
+        out.mux(stream.encode())
+    buf.seek(0)
+    with av.open(buf) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])[:, :h, :w]
+
+
+def test_round_trip_without_a_container_decodes_the_same_pixels(shared_data: Path) -> None:
+    base = grid_frames(shared_data, 3)
+    rng = np.random.default_rng(0)
+    adv = base.copy()
+    adv[:, 60:200, 100:260] = np.clip(adv[:, 60:200, 100:260] + rng.integers(-6, 7, (3, 140, 160, 3)), 0, 255)
+    cases = [
+        (adv, base, 18, "medium"),  # the attack's call: the change added in YUV
+        (adv[:2, 32:224, 48:304], base[:2, 32:224, 48:304], 18, "medium"),  # a macroblock-aligned crop
+        (adv[:, :201, :299], None, 23, "veryfast"),  # odd size (padded), whole-frame conversion, other settings
+    ]
+    for frames, ref, crf, preset in cases:
+        got = h264_roundtrip(frames, crf, preset, base=ref)
+        assert got.shape == frames.shape
+        assert np.array_equal(got, muxed_roundtrip(frames, crf, preset, ref))
+        assert not np.array_equal(got, frames)  # it was coded
