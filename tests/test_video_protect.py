@@ -56,7 +56,7 @@ def test_round_trips_code_as_the_output(settings: Settings, shared_data: Path) -
     ctx.crf, ctx.preset = 30, "veryfast"
     protector.prepare(ctx)
     assert (protector.crf, protector.preset) == (30, "veryfast")
-    coarse = protector._coded(frames, frames, [], 0.0)
+    coarse, _ = protector._coded(frames, frames, [], 0.0)
     fine = h264_roundtrip(frames, FAST.crf, FAST.preset)
     assert psnr(frames, coarse) < psnr(frames, fine) - 2  # coded at the output's CRF 30, not the default 18
 
@@ -352,8 +352,8 @@ def test_round_trip_codes_a_macroblock_aligned_crop_around_the_faces(settings: S
     clip[:, 300:340, 500:540] += 3
     face = Face(np.array([500.0, 300, 540, 340]), np.array([500.0, 300, 540, 340]), torch.zeros(3, 8, 8))
     protector = create(settings, ModelRegistry(settings), VideoAttackConfig())
-    seen = protector._coded(clip, base, [face], 0.5)
-    y0, y1, x0, x1 = protector.coded_rect
+    protector.prepare(context(settings, clip))  # the output's crf / preset
+    seen, (y0, y1, x0, x1) = protector._coded(clip, base, [face], 0.5)
     assert all(v % 16 == 0 for v in (y0, y1, x0, x1)) and (y1 - y0) * (x1 - x0) < 0.1 * 720 * 1280
     ry0, ry1, rx0, rx1 = region_of(face.first, 1.0, 720, 1280)[1]  # everything the detection near the face reads
     assert y0 <= ry0 - 16 and ry1 + 16 <= y1 and x0 <= rx0 - 16 and rx1 + 16 <= x1

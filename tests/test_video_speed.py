@@ -9,7 +9,12 @@ import av
 import cv2
 import numpy as np
 
+from media_cleaner.config import Settings
 from media_cleaner.media.pipeline import add_delta_where_changed, pad_even
+from media_cleaner.models.registry import ModelRegistry
+from media_cleaner.progress import CancelToken
+from media_cleaner.protect.base import VideoContext
+from media_cleaner.protect.video import VideoAttackConfig, create
 from media_cleaner.protect.video.codec import h264_roundtrip
 
 
@@ -57,3 +62,49 @@ def test_round_trip_without_a_container_decodes_the_same_pixels(shared_data: Pat
         assert got.shape == frames.shape
         assert np.array_equal(got, muxed_roundtrip(frames, crf, preset, ref))
         assert not np.array_equal(got, frames)  # it was coded
+
+
+def test_background_key_frames_and_checks_give_the_same_output(settings: Settings, shared_data: Path) -> None:
+    """Key-frame detections and group checks on the low-priority thread: the same frames and figures as in line
+    (two batches, so a check is still pending when the next batch's first group starts, and a 1-frame group)."""
+    with av.open(str(shared_data / "bench" / "talking_crowd_720p.mp4")) as c:
+        frames = np.stack([f.to_ndarray(format="rgb24") for _, f in zip(range(11), c.decode(video=0), strict=False)])
+    frames = np.ascontiguousarray(frames[:, 352:624, 528:800])  # four small faces of the crowd
+    runs = {}
+    for background in (False, True):
+        config = VideoAttackConfig(group=4, first_steps=4, steps=2, background=background)
+        protector = create(settings, ModelRegistry(settings), config)
+        ctx = VideoContext(
+            settings=settings, epsilon=0.12, width=272, height=272, fps=25.0, frame_count=11, cancel=CancelToken()
+        )
+        protector.prepare(ctx)
+        out = np.concatenate([protector.protect_batch(frames[:6], ctx), protector.protect_batch(frames[6:], ctx)])
+        protector.finish(ctx)
+        assert (protector.ahead is not None) == background
+        stats = ctx.stats
+        runs[background] = (out, {k: stats[k] for k in ("faces_left_after_optimisation", "key_frames_detected")})
+        runs[background][1]["hard"] = [(f.hard_r.tolist(), f.hard_o.tolist()) for f in protector.tracks]
+    assert np.array_equal(runs[False][0], runs[True][0])
+    assert runs[False][1] == runs[True][1]
+    assert runs[True][1]["key_frames_detected"] == 4  # 6 = 4 + 2, 5 = 4 + 1: frame 0, 3, 5, 9 (the 1-frame group: none)
+    assert not np.array_equal(runs[True][0], frames)
+
+
+def test_lower_thread_priority_is_per_thread() -> None:
+    import os  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from media_cleaner.media.pipeline import lower_thread_priority  # noqa: PLC0415
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = []
+
+    def run() -> None:
+        lower_thread_priority(5)
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen == [min(19, mine + 5)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine

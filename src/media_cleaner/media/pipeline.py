@@ -8,6 +8,7 @@ output container carries the codec, re-encoded to AAC otherwise, or encoded from
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -60,9 +61,12 @@ class EncodeSettings:
     keep_metadata: bool = False
     batch_frames: int | None = None  # None: from frame size (BATCH_BYTES)
     # decode ahead and encode behind a transform on threads of their own (the same file): hides the transcode behind a
-    # transform that leaves cores idle (2.3 of 4.2 s on 720p with a sleeping transform), but the video attack keeps
-    # both cores of this CPU busy and measured no faster with it (53.1 vs 52.3 / 51.8 s), so off by default
-    overlap: bool = False
+    # transform that leaves cores idle (2.3 of 4.2 s on 720p with a sleeping transform). At the threads' normal
+    # priority the video attack's workers and x264's threads slowed each other about as much as the overlap saved
+    # (53.1 vs 52.3 / 51.8 s), so those threads (and the codec threads they start) run at `background_nice`: they
+    # take the cores the transform leaves idle and yield the others
+    overlap: bool = True
+    background_nice: int = 19  # niceness added to the reader and writer threads (Linux: per thread); 0: unchanged
 
 
 @dataclass
@@ -227,8 +231,8 @@ def _run(
     overlap = encode.overlap and transform is not None and result.rgb_path
     to_rgb = (lambda b: _to_rgb(b, rotation, info.video.width, info.video.height)) if result.rgb_path else None
     items = _items(container, selected, vin, batch_size, to_rgb)
-    writer = _Writer(threaded=overlap)
-    source = _Ahead(items) if overlap else None
+    writer = _Writer(threaded=overlap, nice=encode.background_nice)
+    source = _Ahead(items, nice=encode.background_nice) if overlap else None
     try:
         for kind, item in source if source is not None else items:
             if kind == "video":
@@ -329,12 +333,28 @@ def _audio_packet(
         output.mux(helper.packets_until(end))
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Add `nice` to the calling thread's niceness (Linux keeps it per thread, and threads it starts inherit it, e.g.
+    x264's); a no-op where that is not possible."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:  # pragma: no cover - not permitted here
+        pass
+
+
 class _Writer:
     """Every call on the output (muxing, encoding) in submission order: on one thread of its own when `threaded`
     (PyAV releases the GIL inside libav's calls, so they run while the transform computes), else right away."""
 
-    def __init__(self, threaded: bool) -> None:
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="video-writer") if threaded else None
+    def __init__(self, threaded: bool, nice: int = 0) -> None:
+        self.pool = None
+        if threaded:
+            self.pool = ThreadPoolExecutor(
+                1, thread_name_prefix="video-writer", initializer=lower_thread_priority, initargs=(nice,)
+            )
         self.last: Future | None = None
 
     def run(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -359,8 +379,8 @@ class _Ahead:
 
     _END = object()
 
-    def __init__(self, items: Iterator[Any], depth: int = 1) -> None:
-        self.items = items
+    def __init__(self, items: Iterator[Any], depth: int = 1, nice: int = 0) -> None:
+        self.items, self.nice = items, nice
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._fill, name="video-reader", daemon=True)
@@ -376,6 +396,7 @@ class _Ahead:
         return False
 
     def _fill(self) -> None:
+        lower_thread_priority(self.nice)
         try:
             for item in self.items:
                 if not self._put((item, None)):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from media_cleaner.config import Settings
+from media_cleaner.media.pipeline import lower_thread_priority
 from media_cleaner.models.mtcnn import MTCNN, Detections
 from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.protect.base import VideoContext
@@ -68,6 +69,12 @@ class VideoAttackConfig:
     # a crop above its margin at a face's last step goes straight to the forward pass with a graph (one forward
     # instead of a screening forward and a second one; the same loss and gradient)
     guess_active: bool = True
+    # key-frame detections (clean frames, submitted when a batch arrives) and each group's check run on a thread of
+    # their own at `background_nice`, so they take the core the round trip and the detection leave idle and yield to
+    # the steps; the same results (the check's count and hard boxes are taken in before the next group's first
+    # frame hardens its faces' boxes)
+    background: bool = True
+    background_nice: int = 19
     # the perturbation is scaled down on frames where it would fall below this (dB; at the default epsilon, see
     # `prepare` for a larger one)
     min_psnr: float = 40.5
@@ -90,6 +97,7 @@ class Face:
     param: torch.Tensor  # (3, R, R) in pixels, over the square region around the face
     fresh: bool = True
     momentum: torch.Tensor | None = None
+    source: Face | None = None  # the previous group's face this one continues, until its hard boxes are handed over
     hard_r: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # detector's candidates, face-relative
     hard_o: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
 
@@ -145,6 +153,13 @@ def merge_rects(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, 
                 r = (min(r[0], o[0]), max(r[1], o[1]), min(r[2], o[2]), max(r[3], o[3]))
         out.append(r)
     return out
+
+
+def background_thread(torch_threads: int, nice: int) -> None:
+    """Initialises the attack's background thread: its own torch threads, a lower priority (key frames and checks
+    take the core the round trip leaves idle)."""
+    torch.set_num_threads(torch_threads)
+    lower_thread_priority(nice)
 
 
 def attack_workers(settings: Settings, device: torch.device | str = "cpu") -> int:
@@ -216,6 +231,7 @@ class FaceVideoProtector:
         self.config = config or VideoAttackConfig()
         self.model: MTCNN | None = None
         self.pool: ThreadPoolExecutor | None = None  # the step's shards when `workers` > 1
+        self.ahead: ThreadPoolExecutor | None = None  # key-frame detections and group checks (`background`)
         self.workers = 1
         self.universal: torch.Tensor | None = None  # mean converged face perturbation: a head start for new faces
 
@@ -239,6 +255,13 @@ class FaceVideoProtector:
                     initializer=torch.set_num_threads,
                     initargs=(threads,),
                 )
+            if self.config.background:
+                self.ahead = ThreadPoolExecutor(
+                    1,
+                    thread_name_prefix="video-ahead",
+                    initializer=background_thread,
+                    initargs=(self.settings.torch_threads or 1, self.config.background_nice),
+                )
         self.device = self.model.device
         self.bound = pixel_bound(ctx.epsilon)
         self.crf = self.config.crf if ctx.crf is None else ctx.crf
@@ -252,7 +275,9 @@ class FaceVideoProtector:
         gap = self.config.output_gap_db
         self.output_gap_db = None if gap is None else gap + self.relax_db
         self.codec_mse: float | None = None  # the codec's own error on the latest round trip's frame
-        self.coded_rect = (0, 0, 0, 0)  # (y0, y1, x0, x1) the latest round trip coded
+        self.keys: dict[int, Future] = {}  # id of a key frame of this batch -> its detection on `ahead`
+        self.pending: tuple[Future, list[Face]] | None = None  # the last group's check on `ahead`, and its faces
+        self.background_seconds = 0.0  # spent on `ahead` (beside the phases below)
         self.limited = 0  # frames scaled down by the output-gap limit
         self.gen = torch.Generator().manual_seed(self.config.seed)
         self.prev_boxes: np.ndarray | None = None  # detections on the last key frame, reused as the next first
@@ -275,21 +300,27 @@ class FaceVideoProtector:
             return frames
         out = np.empty_like(frames)
         g = self.config.group
+        if self.ahead is not None:  # every key frame of the batch: `_faces` takes them in order
+            wanted = [0] if self.prev_boxes is None else []
+            wanted += [min(s + g, len(frames)) - 1 for s in range(0, len(frames), g) if min(s + g, len(frames)) - s > 1]
+            self.keys = {i: self.ahead.submit(self._background_detect, frames[i]) for i in dict.fromkeys(wanted)}
         for start in range(0, len(frames), g):
             ctx.cancel.check()
-            out[start : start + g] = self._group(frames[start : start + g])
+            out[start : start + g] = self._group(frames[start : start + g], start)
             self.frames += len(frames[start : start + g])
             if ctx.frame_count:
                 ctx.progress(min(1.0, self.frames / ctx.frame_count), "video")
         return out
 
     def finish(self, ctx: VideoContext) -> None:
+        self._settle()
         if self.tracks:
             mean = torch.stack([t.param for t in self.tracks]).mean(0)
             self.universal = mean if self.universal is None else 0.5 * (self.universal + mean)
         ctx.stats.update(self.stats())
 
     def stats(self) -> dict[str, Any]:
+        self._settle()
         total = sum(self.seconds.values())
         return {
             "surrogate": "MTCNN (facenet-pytorch 2.6 weights, P/R/O-Net jointly)",
@@ -315,12 +346,22 @@ class FaceVideoProtector:
             "seconds": round(total, 3),
             "seconds_per_frame": round(total / max(1, self.frames), 4),
             "seconds_by_phase": {k: round(v, 3) for k, v in self.seconds.items()},
+            "seconds_in_background": round(self.background_seconds, 3),  # on `ahead`, beside the phases
         }
 
     # -- one group ---------------------------------------------------------------------------------------------
-    def _detect(self, frame: np.ndarray) -> np.ndarray:
+    def _background_detect(self, frame: np.ndarray) -> tuple[Detections, float]:
         t0 = time.perf_counter()
-        det = self.model.detect(frame[None], pool=self.pool)
+        return self.model.detect(frame[None]), time.perf_counter() - t0  # (on the pool: the same detections)
+
+    def _detect(self, frame: np.ndarray, index: int) -> np.ndarray:
+        """Key-frame detection of the batch's frame `index` (`frame`): taken from `ahead` when submitted there."""
+        t0 = time.perf_counter()
+        if index in self.keys:
+            det, seconds = self.keys.pop(index).result()
+            self.background_seconds += seconds
+        else:
+            det = self.model.detect(frame[None], pool=self.pool)
         self.seconds["detect"] += time.perf_counter() - t0
         self.key_frames += 1
         self.last_det = det
@@ -332,9 +373,10 @@ class FaceVideoProtector:
             return self.universal.clamp(-self.bound, self.bound).to(self.device).clone()
         return torch.zeros((3, r, r), device=self.device)
 
-    def _faces(self, frames: np.ndarray) -> list[Face]:
-        first = self.prev_boxes if self.prev_boxes is not None else self._detect(frames[0])
-        last = self._detect(frames[-1]) if len(frames) > 1 else first
+    def _faces(self, frames: np.ndarray, start: int) -> list[Face]:
+        """The group's faces (`frames` from the batch's frame `start`)."""
+        first = self.prev_boxes if self.prev_boxes is not None else self._detect(frames[0], start)
+        last = self._detect(frames[-1], start + len(frames) - 1) if len(frames) > 1 else first
         self.prev_boxes = last
         pairs = dict(match_boxes(first, last, self.config.match_distance))
         faces = [
@@ -347,8 +389,10 @@ class FaceVideoProtector:
             best = max(self.tracks, key=lambda t: iou(face.first, t.last), default=None)
             if best is not None and iou(face.first, best.last) > 0.3:
                 face.param, face.fresh, face.momentum = best.param.clone(), False, best.momentum
-                face.hard_r, face.hard_o = best.hard_r, best.hard_o
+                face.source = best  # its hard boxes once that group's check has hardened them (`_settle`)
         self.tracks = faces
+        if self.pending is None:
+            self._settle()
         return faces
 
     def _delta(self, frame: np.ndarray, face: Face, frac: float) -> tuple[tuple[int, int, int, int], torch.Tensor]:
@@ -366,27 +410,29 @@ class FaceVideoProtector:
             clip, base, at = adv, frames[t : t + 1], 0
         else:  # (coding it as a B-frame between two references measured no better)
             clip, base, at = np.stack([self.prev_out, adv[0]]), np.stack([self.prev_in, frames[t]]), 1
-        seen = self._coded(clip, base, faces, frac)[at]
+        coded, (y0, y1, x0, x1) = self._coded(clip, base, faces, frac)
+        seen = coded[at]
         residual = seen.astype(np.float32) - adv[0]
         # the codec's error where the frame is untouched (every other row and column of what was coded): what
         # protection off costs
-        y0, y1, x0, x1 = self.coded_rect
         same = (adv[0, y0:y1:2, x0:x1:2] == frames[t, y0:y1:2, x0:x1:2]).all(axis=2)
         if same.any():
             self.codec_mse = float(np.mean(np.square(residual[y0:y1:2, x0:x1:2][same])))
         return seen, residual
 
-    def _coded(self, clip: np.ndarray, base: np.ndarray, faces: list[Face], frac: float) -> np.ndarray:
+    def _coded(
+        self, clip: np.ndarray, base: np.ndarray, faces: list[Face], frac: float
+    ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """`clip` through the real encoder (`base`: its unprotected frames): the whole frames, or with `trip_crop` a
         macroblock-aligned crop around the faces as at `frac` coded alone and put back into `clip`'s frames (the
-        pixels outside it uncoded: neither the steps nor the detection near the faces read them)."""
+        pixels outside it uncoded: neither the steps nor the detection near the faces read them). Returns the frames
+        and the rect (y0, y1, x0, x1) coded (the check runs this on `ahead` beside a round trip: no shared state)."""
         cfg = self.config
         base = base if cfg.yuv_delta else None
         h, w = clip.shape[1:3]
-        self.coded_rect = (0, h, 0, w)
         # without `trip_margin` the detection reads the whole frame, so the whole frame is coded
         if cfg.trip_crop is None or cfg.trip_margin is None or not faces or h % 2 or w % 2:
-            return h264_roundtrip(clip, self.crf, self.preset, base=base)
+            return h264_roundtrip(clip, self.crf, self.preset, base=base), (0, h, 0, w)
         reach = max(cfg.trip_margin, cfg.region_margin + cfg.context)
         rects = [region_of(f.box_at(frac), reach, h, w)[1] for f in faces]
         pad = cfg.trip_crop
@@ -395,25 +441,28 @@ class FaceVideoProtector:
         x0 = max(0, (min(r[2] for r in rects) - pad) // 16 * 16)
         x1 = min(w, -(-(max(r[3] for r in rects) + pad) // 16) * 16)
         if (y1 - y0) * (x1 - x0) > 0.8 * h * w:
-            return h264_roundtrip(clip, self.crf, self.preset, base=base)
-        self.coded_rect = (y0, y1, x0, x1)
+            return h264_roundtrip(clip, self.crf, self.preset, base=base), (0, h, 0, w)
         sub = h264_roundtrip(
             clip[:, y0:y1, x0:x1], self.crf, self.preset, base=None if base is None else base[:, y0:y1, x0:x1]
         )
         out = clip.copy()
         out[:, y0:y1, x0:x1] = sub
-        return out
+        return out, (y0, y1, x0, x1)
 
-    def _detect_near(self, frame: np.ndarray, faces: list[Face], frac: float) -> Detections:
-        """MTCNN on `frame` around the faces as at `frac` (`trip_margin`), or on the whole frame."""
+    def _detect_near(
+        self, frame: np.ndarray, faces: list[Face], frac: float, pool: ThreadPoolExecutor | None | bool = True
+    ) -> Detections:
+        """MTCNN on `frame` around the faces as at `frac` (`trip_margin`), or on the whole frame (`pool`: True for
+        the attack's pool; the same detections on any)."""
+        pool = self.pool if pool is True else pool
         margin = self.config.trip_margin
         if margin is None:
-            return self.model.detect(frame[None], pool=self.pool)
+            return self.model.detect(frame[None], pool=pool)
         h, w = frame.shape[:2]
         rects = merge_rects([region_of(f.box_at(frac), margin, h, w)[1] for f in faces])
         if sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in rects) > 0.5 * h * w:  # OpenCV's whole levels are faster
-            return self.model.detect(frame[None], pool=self.pool)
-        return self.model.detect(frame[None], regions=rects, pool=self.pool)
+            return self.model.detect(frame[None], pool=pool)
+        return self.model.detect(frame[None], regions=rects, pool=pool)
 
     def _optimise(self, frames: np.ndarray, faces: list[Face], t: int) -> None:
         """Steps on the perturbations of frame `t`'s faces (`first_steps` for a face seen for the first time, `steps`
@@ -450,6 +499,7 @@ class FaceVideoProtector:
             t1 = time.perf_counter()
             det = self._detect_near(seen, faces, frac)
             self.seconds["check"] += time.perf_counter() - t1
+            self._settle()  # the last group's check hardens first (as when it ran before this group)
             if cfg.frame_candidates:  # what the detector itself now evaluates on this frame
                 self._harden(det, faces, frac)
             if cfg.removed_steps < cfg.steps:  # spend the steps where the detector still fires
@@ -457,6 +507,7 @@ class FaceVideoProtector:
                 self.face_frames += len(setups)
                 self.skipped.append([s[1] for s in removed])
                 gone = {id(s[0]) for s in removed}
+        self._settle()
         budget = {id(s[0]): cfg.first_steps if s[0].fresh else cfg.steps for s in setups}
         if not cfg.carry_momentum:
             for face in faces:
@@ -622,21 +673,48 @@ class FaceVideoProtector:
         both[1, b[0] - y0 : b[1] - y0, b[2] - x0 : b[3] - x0] = db
         self.flicker.append(float(np.abs(both[1] - both[0]).sum()) / size)
 
-    def _check(self, adv: np.ndarray, faces: list[Face], frames: np.ndarray) -> int:
+    def _check(self, adv: np.ndarray, faces: list[Face], frames: np.ndarray) -> None:
         """Faces the real detector still finds on the group's last frame after a real H.264 round trip (the product's
         own encoder settings; the frame coded as a predicted frame after the one before it, as the per-frame round
         trips code it: encoding the whole group cost 0.2 s a frame at 1080p for this one figure).
 
         The candidates it sent to R-Net and O-Net near each face become that face's hard boxes for the next frames.
+        With `ahead` it runs there and `_settle` takes it in; else right away.
         """
+        self._settle()
+        if self.ahead is not None:
+            self.pending = (self.ahead.submit(self._check_detect, adv[-2:].copy(), frames[-2:].copy(), faces), faces)
+            return
         t0 = time.perf_counter()
-        adv, frames = adv[-2:], frames[-2:]
-        seen = self._coded(adv, frames, faces, 1.0) if self.config.codec_check else adv
-        det = self._detect_near(seen[-1], faces, 1.0)
-        left = sum(int(any(iou(b, face.last) > 0.3 for b in det.boxes[0])) for face in faces)
-        self._harden(det, faces)
+        self.pending = (Future(), faces)
+        self.pending[0].set_result(self._check_detect(adv[-2:], frames[-2:], faces, pool=True))
+        self._settle()
         self.seconds["check"] += time.perf_counter() - t0
-        return left
+
+    def _check_detect(
+        self, adv: np.ndarray, frames: np.ndarray, faces: list[Face], pool: bool | None = None
+    ) -> tuple[Detections, float]:
+        t0 = time.perf_counter()
+        seen = self._coded(adv, frames, faces, 1.0)[0] if self.config.codec_check else adv
+        return self._detect_near(seen[-1], faces, 1.0, pool=pool), time.perf_counter() - t0
+
+    def _settle(self) -> None:
+        """Takes in the pending group check (its count of faces left; its candidates become that group's faces'
+        hard boxes), then hands every continued face its predecessor's hard boxes."""
+        if self.pending is not None:
+            (future, faces), self.pending = self.pending, None
+            t0 = time.perf_counter()
+            det, seconds = future.result()
+            if self.ahead is not None:
+                self.seconds["check"] += time.perf_counter() - t0  # the wait
+                self.background_seconds += seconds
+            left = sum(int(any(iou(b, face.last) > 0.3 for b in det.boxes[0])) for face in faces)
+            self._harden(det, faces)
+            self.faces_left += left
+            self.frames_left += int(left > 0)
+        for face in self.tracks:
+            if face.source is not None:
+                face.hard_r, face.hard_o, face.source = face.source.hard_r, face.source.hard_o, None
 
     @staticmethod
     def _harden(det: Detections, faces: list[Face], frac: float = 1.0) -> None:
@@ -647,9 +725,10 @@ class FaceVideoProtector:
                 if len(near):
                     setattr(face, name, to_face(near, box))
 
-    def _group(self, frames: np.ndarray) -> np.ndarray:
+    def _group(self, frames: np.ndarray, start: int) -> np.ndarray:
+        """Protects `frames`, the batch's frames from `start` on."""
         self.groups += 1
-        faces = self._faces(frames)
+        faces = self._faces(frames, start)
         if not faces:
             if self.prev_delta is not None and self.prev_delta[1].any():
                 self._record(None, frames[0].size)
@@ -672,7 +751,5 @@ class FaceVideoProtector:
                 face.fresh = False
             out[t] = self._apply(frames[t : t + 1], faces, t / max(1, n - 1), record=True)[0]
             self.prev_out, self.prev_in = out[t], frames[t]
-        left = self._check(out, faces, frames)
-        self.faces_left += left
-        self.frames_left += int(left > 0)
+        self._check(out, faces, frames)
         return out
