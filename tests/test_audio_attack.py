@@ -250,3 +250,43 @@ def test_the_front_end_term_moves_the_features_and_keeps_the_budget(attack, shar
         kept = float(np.sum((out - audio) ** 2) / np.sum(delta**2))
         assert kept > 0.99  # the in-graph budget already meets the floor: the projection barely touches it
     assert distances[1] > 1.2 * distances[0], distances
+
+
+def test_end_of_text_terms_read_every_language_prompt(attack, shared_data) -> None:
+    """End-of-text right after <|0.00|> is pushed under each language prompt the rows carry (the recogniser decodes
+    under the language it detects), and its margin term is the best text token's logit minus end-of-text's, both
+    read from the full-vocabulary log-softmax at that position."""
+    _, prot = attack
+    a, s = prot._attack, prot._attack.s
+    audio = torch.from_numpy(load_pcm(shared_data / "audio" / "english.wav"))
+    window = plan_windows(audio.shape[0])[0]
+    mel = s.window_mel(s.features(audio[None]), window.seek)
+    ctx = s.frozen_context(mel, window.content)
+    en, zh = s.prompt("en"), s.prompt("zh")
+    targets = [s.tokenizer.encode(t) for t in (" One, two, three.", " 1, 2, 3")]
+    rows, weights = a._rows([en, zh], targets, s.device)
+    with torch.no_grad():
+        hidden = s.decode_hidden(rows, s.encode_content(mel, ctx), ctx)
+        full = torch.log_softmax(s.logits(hidden), -1)
+    at = len(en.sot_sequence)  # the position right after <|0.00|>
+    heads = full[[0, 2], at]  # the first row under each prompt
+    assert rows[0, 1] != rows[2, 1] and rows[0, 1] == rows[1, 1]
+    eot = heads[:, en.eot]
+    margin = heads[:, : en.eot].amax(-1) - eot
+    cfg = AttackConfig()
+    _, terms = a._loss(hidden, rows, weights, en, cfg, None)
+    assert abs(terms["eot"] - float(eot.mean())) < 1e-4
+    assert abs(terms["eot_margin"] - float(margin.max())) < 1e-4
+    assert terms["eot_margin"] > 0  # the clean track: a digit, not end-of-text, follows <|0.00|>
+    # The track's prompt only: the first row's.
+    _, terms = a._loss(hidden, rows, weights, en, replace(cfg, eot_all_prompts=False), None)
+    assert abs(terms["eot"] - float(eot[0])) < 1e-4 and abs(terms["eot_margin"] - float(margin[0])) < 1e-4
+    # The margin term's gradient raises end-of-text against the leading text token, until it leads by the margin.
+    h = hidden.clone().requires_grad_(True)
+    only_margin = replace(cfg, eot_weight=0.0, no_speech_weight=0.0, decoder_weight=0.0, language_weight=0.0)
+    loss, _ = a._loss(h, rows, weights, en, only_margin, None)
+    assert abs(float(loss.detach()) - float(margin.clamp(min=-cfg.eot_margin).mean())) < 1e-4
+    (g,) = torch.autograd.grad(loss, h)
+    step = h.detach() - 0.01 * g / g.norm()
+    _, moved = a._loss(step, rows, weights, en, only_margin, None)
+    assert moved["eot_margin"] < float(margin.max())

@@ -10,7 +10,8 @@ sub-frame one, and half the time the AAC priming delay the delivered file starts
 Objectives:
 - untargeted (default): lower the decoder's probability of the clean transcript (teacher forcing after the first
   timestamp, as faster-whisper decodes), of the track's language at language detection, and raise end-of-text
-  right after the first timestamp plus the no-speech probability (an empty transcript is the best protection);
+  right after the first timestamp (its log-probability, and its logit's lead over the best text token, under every
+  language prompt pushed) plus the no-speech probability (an empty transcript is the best protection);
 - silence: end-of-text after the first timestamp and no-speech only;
 - phrase: teacher-force a chosen phrase.
 """
@@ -50,6 +51,11 @@ class AttackConfig:
     language_floor: float = -8.0  # ... pushed down to here only, then the budget goes to the other terms
     eot_weight: float = 0.5  # untargeted: end-of-text right after the first timestamp
     no_speech_weight: float = 0.5  # untargeted: no-speech probability (faster-whisper drops such a window)
+    eot_margin_weight: float = 1.0  # untargeted: end-of-text's logit right after the first timestamp against the
+    eot_margin: float = 2.0  # best text token's, raised until it leads by this much (the empty transcript, greedily)
+    eot_all_prompts: bool = True  # end-of-text terms under every language prompt pushed, not the track's only (the
+    # recogniser decodes under the language it detects; english.wav seed 1: EOT led by 2.7 under English while the
+    # check, under the drifted language, heard "1 2 3")
     retarget_every: int = 5  # untargeted, without a check: steps between greedy decodes of the current state
     max_targets: int = 3  # transcripts pushed per window: the clean one and those it drifts to
     codec_aware: bool = True  # the real output codec in the loop (straight-through), see `run`
@@ -140,14 +146,20 @@ class WhisperAttack:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss for one window from the teacher-forced decoder hidden states (T, L, d) of its token rows.
 
-        Logits are computed only where the loss reads them: the full vocabulary at the two head positions (no-speech
-        and language right after SOT, end-of-text right after <|0.00|>), and for the transcript tokens a log-softmax
+        Logits are computed only where the loss reads them: the full vocabulary at the head positions (no-speech
+        and language right after SOT, end-of-text right after <|0.00|> under each language prompt), and for the transcript tokens a log-softmax
         over `candidates` (the union of each position's top-k, the targets, end-of-text and <|0.00|>) or the full
         vocabulary when None. The candidate set holds nearly all of the probability mass, so it measures the same."""
         prefix = len(prompt.sot_sequence) + 1  # SOT, language, task, <|0.00|>
-        head = torch.log_softmax(self.s.logits(hidden[0, [0, prefix - 1]]), dim=-1)
-        eot = head[1, prompt.eot]
-        no_speech = head[0, prompt.no_speech]  # faster-whisper reads it right after SOT
+        at_sot = torch.log_softmax(self.s.logits(hidden[0, 0]), dim=-1)
+        # End-of-text after <|0.00|> under every language prompt the rows carry (the recogniser decodes under the
+        # language it detects, which the language term pushes away from the track's), or the track's only.
+        lang = rows[:, 1].tolist()
+        first = [r for r in range(len(lang)) if not r or lang[r] != lang[r - 1]] if cfg.eot_all_prompts else [0]
+        after = torch.log_softmax(self.s.logits(hidden[first, prefix - 1]), dim=-1)
+        eot_each = after[:, prompt.eot]
+        eot = eot_each.mean()
+        no_speech = at_sot[prompt.no_speech]  # faster-whisper reads it right after SOT
         token_logp = self.token_logp(hidden, rows, weights, candidates)
         counts = weights.sum(-1)
         has = counts > 0
@@ -162,6 +174,11 @@ class WhisperAttack:
             return -phrase, {"phrase": value(phrase)}
         loss = -cfg.eot_weight * eot - cfg.no_speech_weight * no_speech
         terms = {"eot": value(eot), "no_speech": value(no_speech)}
+        if cfg.eot_margin_weight:
+            # Timestamps cannot follow <|0.00|> there: end-of-text competes with the text tokens (ids below it).
+            margin = after[:, : prompt.eot].amax(-1) - eot_each
+            loss = loss + cfg.eot_margin_weight * margin.clamp(min=-cfg.eot_margin).mean()
+            terms["eot_margin"] = value(margin.max())
         if cfg.decoder_weight and bool(has.any()):
             # Each transcript's tokens pushed down until unlikely (floored so one token cannot take the budget).
             per_row = (token_logp.clamp(min=-12.0) * weights).sum(-1) / counts.clamp(min=1.0)
@@ -169,7 +186,7 @@ class WhisperAttack:
             loss = loss + cfg.decoder_weight * clean
             terms["clean"] = value(clean)
         if cfg.language_weight:
-            language = head[0, prompt.sot_sequence[1]]
+            language = at_sot[prompt.sot_sequence[1]]
             loss = loss + cfg.language_weight * language.clamp(min=cfg.language_floor)
             terms["language"] = value(language)
         return loss, terms
