@@ -86,7 +86,9 @@ def test_background_key_frames_and_checks_give_the_same_output(settings: Setting
         runs[background][1]["hard"] = [(f.hard_r.tolist(), f.hard_o.tolist()) for f in protector.tracks]
     assert np.array_equal(runs[False][0], runs[True][0])
     assert runs[False][1] == runs[True][1]
-    assert runs[True][1]["key_frames_detected"] == 4  # 6 = 4 + 2, 5 = 4 + 1: frame 0, 3, 5, 9 (the 1-frame group: none)
+    assert (
+        runs[True][1]["key_frames_detected"] == 4
+    )  # 6 = 4 + 2, 5 = 4 + 1: frames 0, 3 (inline), 5 (ahead), 9 (inline)
     assert not np.array_equal(runs[True][0], frames)
 
 

@@ -69,12 +69,12 @@ class VideoAttackConfig:
     # a crop above its margin at a face's last step goes straight to the forward pass with a graph (one forward
     # instead of a screening forward and a second one; the same loss and gradient)
     guess_active: bool = True
-    # key-frame detections (clean frames, submitted when a batch arrives) and each group's check run on a thread of
-    # their own at `background_nice`, so they take the core the round trip and the detection leave idle and yield to
-    # the steps; the same results (the check's count and hard boxes are taken in before the next group's first
-    # frame hardens its faces' boxes)
+    # the key-frame detections of a batch's later groups (clean frames, submitted when the batch arrives) and each
+    # group's check run on a thread of their own at `background_nice`, so they take the core the round trip and the
+    # detection leave idle and mostly yield to the steps; the same results (the check's count and hard boxes are
+    # taken in before the next group's first frame hardens its faces' boxes)
     background: bool = True
-    background_nice: int = 19
+    background_nice: int = 10
     # the perturbation is scaled down on frames where it would fall below this (dB; at the default epsilon, see
     # `prepare` for a larger one)
     min_psnr: float = 40.5
@@ -300,10 +300,9 @@ class FaceVideoProtector:
             return frames
         out = np.empty_like(frames)
         g = self.config.group
-        if self.ahead is not None:  # every key frame of the batch: `_faces` takes them in order
-            wanted = [0] if self.prev_boxes is None else []
-            wanted += [min(s + g, len(frames)) - 1 for s in range(0, len(frames), g) if min(s + g, len(frames)) - s > 1]
-            self.keys = {i: self.ahead.submit(self._background_detect, frames[i]) for i in dict.fromkeys(wanted)}
+        if self.ahead is not None:  # the key frames of the batch's later groups (the first group's: right away)
+            wanted = [min(s + g, len(frames)) - 1 for s in range(g, len(frames), g) if min(s + g, len(frames)) - s > 1]
+            self.keys = {i: self.ahead.submit(self._background_detect, frames[i]) for i in wanted}
         for start in range(0, len(frames), g):
             ctx.cancel.check()
             out[start : start + g] = self._group(frames[start : start + g], start)
