@@ -215,6 +215,7 @@ def run(levels: list[str], names: set[str] | None, out_path: Path, config: Attac
                 "last_terms": [g.get("last_window_terms") for g in ctx.stats.get("groups", [])],
                 "phase_seconds": [g.get("seconds") for g in ctx.stats.get("groups", [])],
                 "confirm_redraws": [g.get("redraws") for g in ctx.stats.get("groups", [])],
+                "stalled_at": [g.get("stalled_at") for g in ctx.stats.get("groups", [])],
                 "efficacy": efficacy,
             }
             rows.append(row)

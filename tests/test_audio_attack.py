@@ -273,7 +273,7 @@ def test_end_of_text_terms_read_every_language_prompt(attack, shared_data) -> No
     assert rows[0, 1] != rows[2, 1] and rows[0, 1] == rows[1, 1]
     eot = heads[:, en.eot]
     margin = heads[:, : en.eot].amax(-1) - eot
-    cfg = AttackConfig()
+    cfg = AttackConfig(eot_margin_weight=1.0, eot_all_prompts=True)  # as a stalling run turns them on
     _, terms = a._loss(hidden, rows, weights, en, cfg, None)
     assert abs(terms["eot"] - float(eot.mean())) < 1e-4
     assert abs(terms["eot_margin"] - float(margin.max())) < 1e-4
@@ -290,3 +290,20 @@ def test_end_of_text_terms_read_every_language_prompt(attack, shared_data) -> No
     step = h.detach() - 0.01 * g / g.norm()
     _, moved = a._loss(step, rows, weights, en, only_margin, None)
     assert moved["eot_margin"] < float(margin.max())
+
+
+def test_a_stalling_run_turns_the_end_of_text_margin_on(attack, shared_data) -> None:
+    """A check from `stall_after` on that still hears half of the clean words turns the end-of-text margin on under
+    every language prompt (off before: from the start it slowed the clips that break early); a lost check does not."""
+    _, prot = attack
+    audio = load_pcm(shared_data / "audio" / "LJ002-0020.wav")
+    # Clean; step 2 holds (before stall_after); step 4 lost (not holding); step 6 holds: the margin goes on.
+    script = [("in 1813", False), ("in 1813", False), ("", False), ("in 1813", False), ("in 1813", False)]
+    cfg = AttackConfig(steps=9, check_every=2, check_every_holding=2, codec_every=2, stall_after=4)
+    calls: list[bool] = []
+    _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=scripted_listen(script, calls))
+    assert figures["stalled_at"] == 6 and "eot_margin" in figures["last_window_terms"]
+    calls.clear()
+    off = replace(cfg, stall_margin_weight=0.0)
+    _, figures = prot._attack.run(audio, off, codec=lambda d: audio + d, listen=scripted_listen(script, calls))
+    assert figures["stalled_at"] is None and "eot_margin" not in figures["last_window_terms"]

@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -51,11 +51,14 @@ class AttackConfig:
     language_floor: float = -8.0  # ... pushed down to here only, then the budget goes to the other terms
     eot_weight: float = 0.5  # untargeted: end-of-text right after the first timestamp
     no_speech_weight: float = 0.5  # untargeted: no-speech probability (faster-whisper drops such a window)
-    eot_margin_weight: float = 1.0  # untargeted: end-of-text's logit right after the first timestamp against the
+    eot_margin_weight: float = 0.0  # untargeted: end-of-text's logit right after the first timestamp against the
     eot_margin: float = 2.0  # best text token's, raised until it leads by this much (the empty transcript, greedily)
-    eot_all_prompts: bool = True  # end-of-text terms under every language prompt pushed, not the track's only (the
+    eot_all_prompts: bool = False  # end-of-text terms under every language prompt pushed, not the track's only (the
     # recogniser decodes under the language it detects; english.wav seed 1: EOT led by 2.7 under English while the
     # check, under the drifted language, heard "1 2 3")
+    stall_after: int = 16  # a check from this step on that still hears `holding` of the clean words turns both on
+    stall_margin_weight: float = 1.0  # (margin at this weight, every prompt): from the start they slowed jfk 16 ->
+    # 108 steps and LJ002 16-28 -> 84 (greedy empty, the beam still finds words); english.wav seeds 0-3 broke
     retarget_every: int = 5  # untargeted, without a check: steps between greedy decodes of the current state
     max_targets: int = 3  # transcripts pushed per window: the clean one and those it drifts to
     codec_aware: bool = True  # the real output codec in the loop (straight-through), see `run`
@@ -340,6 +343,7 @@ class WhisperAttack:
         best: tuple[float, int, np.ndarray] | None = None  # (share of lost draws, step, perturbation)
         spent_terms: dict[str, float] = {}  # terms outside the per-window Whisper loss (the front end's distance)
         feature_weight = cfg.feature_weight
+        stalled_at: int | None = None  # the check that turned the end-of-text margin on
 
         def perturbation() -> torch.Tensor:
             delta = istft(shape * torch.complex(v[0], v[1]), n)
@@ -382,6 +386,10 @@ class WhisperAttack:
                             best = (share, step, _numpy(delta))
                 holding = words_recovered(clean_heard.text, now.text) >= cfg.holding
                 feature_weight *= cfg.feature_yield if holding and step >= cfg.feature_grace else 1.0
+                if holding and cfg.stall_margin_weight and step >= cfg.stall_after and not cfg.eot_all_prompts:
+                    # Stalling: aim at the empty transcript under whatever language the recogniser now decodes in.
+                    cfg = replace(cfg, eot_margin_weight=cfg.stall_margin_weight, eot_all_prompts=True)
+                    stalled_at = step
                 next_check = step + (cfg.check_every_holding if holding else cfg.check_every)
                 heard.append(now.text)
                 if streak >= cfg.confirmations:
@@ -440,6 +448,7 @@ class WhisperAttack:
             "clean_heard": clean_heard.text if clean_heard is not None else None,
             "heard": heard,
             "redraws": draws,
+            "stalled_at": stalled_at,
             "returned_step": returned,
             "loss_first": round(history[0], 4) if history else None,
             "loss_last": round(history[-1], 4) if history else None,
