@@ -355,7 +355,9 @@ def test_round_trip_codes_a_macroblock_aligned_crop_around_the_faces(settings: S
     protector.prepare(context(settings, clip))  # the output's crf / preset
     seen, (y0, y1, x0, x1) = protector._coded(clip, base, [face], 0.5)
     assert all(v % 16 == 0 for v in (y0, y1, x0, x1)) and (y1 - y0) * (x1 - x0) < 0.1 * 720 * 1280
-    ry0, ry1, rx0, rx1 = region_of(face.first, 1.0, 720, 1280)[1]  # everything the detection near the face reads
+    cfg = protector.config
+    reach = max(cfg.trip_margin, cfg.region_margin + cfg.context)  # everything the detection and the steps read
+    ry0, ry1, rx0, rx1 = region_of(face.first, reach, 720, 1280)[1]
     assert y0 <= ry0 - 16 and ry1 + 16 <= y1 and x0 <= rx0 - 16 and rx1 + 16 <= x1
     outside = np.ones((720, 1280), dtype=bool)
     outside[y0:y1, x0:x1] = False
