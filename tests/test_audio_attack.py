@@ -293,7 +293,7 @@ def test_end_of_text_terms_read_every_language_prompt(attack, shared_data) -> No
 
 
 def test_a_stalling_run_turns_the_end_of_text_margin_on(attack, shared_data) -> None:
-    """A check from `stall_after` on that still hears half of the clean words turns the end-of-text margin on under
+    """A check from `stall_after` on that still hears the clean transcript turns the end-of-text margin on under
     every language prompt (off before: from the start it slowed the clips that break early); a lost check does not."""
     _, prot = attack
     audio = load_pcm(shared_data / "audio" / "LJ002-0020.wav")
@@ -307,3 +307,8 @@ def test_a_stalling_run_turns_the_end_of_text_margin_on(attack, shared_data) -> 
     off = replace(cfg, stall_margin_weight=0.0)
     _, figures = prot._attack.run(audio, off, codec=lambda d: audio + d, listen=scripted_listen(script, calls))
     assert figures["stalled_at"] is None and "eot_margin" not in figures["last_window_terms"]
+    # Only a check that still hears (nearly) the whole clean transcript counts as stalling.
+    calls.clear()
+    partly = [("in 1813", False), ("in 1813", False), ("", False), ("in 1912", False), ("in 1813", False)]
+    _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=scripted_listen(partly, calls))
+    assert figures["stalled_at"] == 8

@@ -56,9 +56,10 @@ class AttackConfig:
     eot_all_prompts: bool = False  # end-of-text terms under every language prompt pushed, not the track's only (the
     # recogniser decodes under the language it detects; english.wav seed 1: EOT led by 2.7 under English while the
     # check, under the drifted language, heard "1 2 3")
-    stall_after: int = 16  # a check from this step on that still hears `holding` of the clean words turns both on
-    stall_margin_weight: float = 1.0  # (margin at this weight, every prompt): from the start they slowed jfk 16 ->
-    # 108 steps and LJ002 16-28 -> 84 (greedy empty, the beam still finds words); english.wav seeds 0-3 broke
+    stall_after: int = 16  # a check from this step on that still hears `stall_recovered` of the clean words turns
+    stall_recovered: float = 0.9  # both on (margin at `stall_margin_weight`, every prompt): from the start they
+    stall_margin_weight: float = 1.0  # slowed jfk 16 -> 108 steps and LJ002 16-28 -> 84 (greedy empty, the beam
+    # still finds words); on at half the words, grid_lbax4n (seed 1) kept "for now" to the cap (83%)
     retarget_every: int = 5  # untargeted, without a check: steps between greedy decodes of the current state
     max_targets: int = 3  # transcripts pushed per window: the clean one and those it drifts to
     codec_aware: bool = True  # the real output codec in the loop (straight-through), see `run`
@@ -384,9 +385,15 @@ class WhisperAttack:
                         share = (draw + bool(streak)) / (draw + 1)
                         if share and (best is None or share >= best[0]):
                             best = (share, step, _numpy(delta))
-                holding = words_recovered(clean_heard.text, now.text) >= cfg.holding
+                recovered = words_recovered(clean_heard.text, now.text)
+                holding = recovered >= cfg.holding
                 feature_weight *= cfg.feature_yield if holding and step >= cfg.feature_grace else 1.0
-                if holding and cfg.stall_margin_weight and step >= cfg.stall_after and not cfg.eot_all_prompts:
+                if (
+                    recovered >= cfg.stall_recovered
+                    and cfg.stall_margin_weight
+                    and step >= cfg.stall_after
+                    and not cfg.eot_all_prompts
+                ):
                     # Stalling: aim at the empty transcript under whatever language the recogniser now decodes in.
                     cfg = replace(cfg, eot_margin_weight=cfg.stall_margin_weight, eot_all_prompts=True)
                     stalled_at = step
