@@ -41,15 +41,20 @@ def test_lost_compares_with_the_clean_transcript() -> None:
     assert heard.text_between(0.0, 30.0) == "a" and heard.text_between(30.0, 60.0) == "b"
 
 
+def english_window(s, shared_data: Path):  # noqa: ANN001, ANN201
+    """english.wav's first (only) window: its log-mel and its frozen encoder context."""
+    audio = torch.from_numpy(load_pcm(shared_data / "audio" / "english.wav"))
+    window = plan_windows(audio.shape[0])[0]
+    mel = s.window_mel(s.features(audio[None]), window.seek)
+    return mel, s.frozen_context(mel, window.content)
+
+
 def test_candidate_loss_matches_the_full_vocabulary(attack, shared_data) -> None:
     """Transcript terms over the top-k candidates equal the full log-softmax where the mass is (the clean state),
     and exactly with the full vocabulary as candidates."""
     _, prot = attack
     a, s = prot._attack, prot._attack.s
-    audio = torch.from_numpy(load_pcm(shared_data / "audio" / "english.wav"))
-    window = plan_windows(audio.shape[0])[0]
-    mel = s.window_mel(s.features(audio[None]), window.seek)
-    ctx = s.frozen_context(mel, window.content)
+    mel, ctx = english_window(s, shared_data)
     prompt = s.prompt("en")
     with torch.no_grad():
         content = s.encode_content(mel, ctx)
@@ -83,10 +88,7 @@ def test_rows_decoded_together_equal_rows_decoded_alone(attack, shared_data) -> 
     sequence): the hidden states and the gradient reaching the encoder equal decoding each row on its own."""
     _, prot = attack
     a, s = prot._attack, prot._attack.s
-    audio = torch.from_numpy(load_pcm(shared_data / "audio" / "english.wav"))
-    window = plan_windows(audio.shape[0])[0]
-    mel = s.window_mel(s.features(audio[None]), window.seek)
-    ctx = s.frozen_context(mel, window.content)
+    mel, ctx = english_window(s, shared_data)
     texts = [" One, two, three.", " 1, 2, 3", " four five six seven"]
     rows, _ = a._rows([s.prompt("en"), s.prompt("zh")], [s.tokenizer.encode(t) for t in texts], s.device)
     content = s.encode_content(mel, ctx).detach().requires_grad_(True)
@@ -258,10 +260,7 @@ def test_end_of_text_terms_read_every_language_prompt(attack, shared_data) -> No
     read from the full-vocabulary log-softmax at that position."""
     _, prot = attack
     a, s = prot._attack, prot._attack.s
-    audio = torch.from_numpy(load_pcm(shared_data / "audio" / "english.wav"))
-    window = plan_windows(audio.shape[0])[0]
-    mel = s.window_mel(s.features(audio[None]), window.seek)
-    ctx = s.frozen_context(mel, window.content)
+    mel, ctx = english_window(s, shared_data)
     en, zh = s.prompt("en"), s.prompt("zh")
     targets = [s.tokenizer.encode(t) for t in (" One, two, three.", " 1, 2, 3")]
     rows, weights = a._rows([en, zh], targets, s.device)

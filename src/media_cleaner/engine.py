@@ -199,7 +199,7 @@ def _run(
         meter = _VideoMeter(info.video.fps) if video_protector is not None else None
         transform, ctx = None, None
         if video_protector is not None:
-            ctx, transform = _video_transform(info, video_protector, options, settings, cancel, video_progress)
+            ctx, transform = _video_transform(info, video_protector, options, crf, settings, cancel, video_progress)
         t0 = time.perf_counter()
         result = transcode(
             info,
@@ -322,6 +322,7 @@ def _video_transform(
     info: Any,
     protector: Any,
     options: ProtectionOptions,
+    crf: int,
     settings: Settings,
     cancel: CancelToken,
     progress: ProgressCallback,
@@ -337,7 +338,7 @@ def _video_transform(
         frame_count=info.video.frame_count,
         cancel=cancel,
         progress=lambda f, phase="video": progress(f, phase),
-        crf=settings.video_crf if options.crf is None else options.crf,
+        crf=crf,  # the output's, as `_run` resolved it
         preset=settings.video_preset,
     )
     protector.prepare(ctx)
