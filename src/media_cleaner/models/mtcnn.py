@@ -19,43 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class _PReLUInputGrad(torch.autograd.Function):
-    """PReLU whose backward gives the input's gradient only: the stock kernel also reduces the weight's gradient
-    over the batch (unused: the nets are frozen), ~a quarter of O-Net's forward + backward on 48x48 crops."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        ctx.save_for_backward(x, weight)
-        return torch.prelu(x, weight)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
-        x, weight = ctx.saved_tensors
-        slope = weight.view([1, -1] + [1] * (x.dim() - 2))
-        return grad * torch.where(x > 0, 1.0, slope), None
-
-
-class PReLU(nn.PReLU):
-    """`nn.PReLU` (same parameters and state dict) with an input-only backward while its weight is frozen."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.requires_grad or not (x.requires_grad and torch.is_grad_enabled()):
-            return super().forward(x)
-        return _PReLUInputGrad.apply(x, self.weight)
-
-
 class PNet(nn.Module):
     """Proposal net: fully convolutional, a 12x12 window per output cell at stride 2."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 10, 3)
-        self.prelu1 = PReLU(10)
+        self.prelu1 = nn.PReLU(10)
         self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
         self.conv2 = nn.Conv2d(10, 16, 3)
-        self.prelu2 = PReLU(16)
+        self.prelu2 = nn.PReLU(16)
         self.conv3 = nn.Conv2d(16, 32, 3)
-        self.prelu3 = PReLU(32)
+        self.prelu3 = nn.PReLU(32)
         self.conv4_1 = nn.Conv2d(32, 2, 1)
         self.conv4_2 = nn.Conv2d(32, 4, 1)
 
@@ -74,15 +49,15 @@ class RNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 28, 3)
-        self.prelu1 = PReLU(28)
+        self.prelu1 = nn.PReLU(28)
         self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.conv2 = nn.Conv2d(28, 48, 3)
-        self.prelu2 = PReLU(48)
+        self.prelu2 = nn.PReLU(48)
         self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.conv3 = nn.Conv2d(48, 64, 2)
-        self.prelu3 = PReLU(64)
+        self.prelu3 = nn.PReLU(64)
         self.dense4 = nn.Linear(576, 128)
-        self.prelu4 = PReLU(128)
+        self.prelu4 = nn.PReLU(128)
         self.dense5_1 = nn.Linear(128, 2)
         self.dense5_2 = nn.Linear(128, 4)
 
@@ -102,18 +77,18 @@ class ONet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, 3)
-        self.prelu1 = PReLU(32)
+        self.prelu1 = nn.PReLU(32)
         self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.conv2 = nn.Conv2d(32, 64, 3)
-        self.prelu2 = PReLU(64)
+        self.prelu2 = nn.PReLU(64)
         self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.conv3 = nn.Conv2d(64, 64, 3)
-        self.prelu3 = PReLU(64)
+        self.prelu3 = nn.PReLU(64)
         self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
         self.conv4 = nn.Conv2d(64, 128, 2)
-        self.prelu4 = PReLU(128)
+        self.prelu4 = nn.PReLU(128)
         self.dense5 = nn.Linear(1152, 256)
-        self.prelu5 = PReLU(256)
+        self.prelu5 = nn.PReLU(256)
         self.dense6_1 = nn.Linear(256, 2)
         self.dense6_2 = nn.Linear(256, 4)
         self.dense6_3 = nn.Linear(256, 10)
@@ -289,7 +264,6 @@ class MTCNN(nn.Module):
         exact: bool = False,
         regions: list[tuple[int, int, int, int]] | None = None,
         pool: Executor | None = None,
-        windows: list[tuple[float, float]] | None = None,
     ) -> Detections:
         """Detect faces in RGB images (N,H,W,3) uint8/float 0..255 (or one (H,W,3) image).
 
@@ -301,10 +275,6 @@ class MTCNN(nn.Module):
         later stages are unchanged. A face well inside a region gets the detection the whole frame gives it.
 
         `pool` runs P-Net's pyramid levels on its threads (the same detections: results are taken in level order).
-
-        `windows` (with `regions`, one (min, max) per region, in frame pixels) scans a region only at the pyramid
-        levels whose 12x12 P-Net window spans that many frame pixels (12 / scale): the levels at which the faces
-        around which the region was drawn can be proposed.
         """
         if isinstance(images, torch.Tensor):
             images = images.detach().cpu().numpy()
@@ -337,11 +307,7 @@ class MTCNN(nn.Module):
                 if regions is None:
                     boxes, idx = self._pnet_cells(normalise(pyramid_level(size)), scale, (0, 0))
                 else:
-                    span = 12.0 / scale
-                    picked = [
-                        r for k, r in enumerate(regions) if windows is None or windows[k][0] <= span <= windows[k][1]
-                    ]
-                    boxes, idx = self.pnet_regions(host[0], size, scale, picked)
+                    boxes, idx = self.pnet_regions(host[0], size, scale, regions)
             pick = batched_nms(boxes[:, :4], boxes[:, 4], idx, 0.5) if len(idx) else idx
             return boxes[pick], idx[pick]
 

@@ -60,9 +60,6 @@ class VideoAttackConfig:
     # 2.4^2 instead of 3^2 face areas and codes a smaller crop: bench 720p 3 s, 445 -> 264 faces on the output
     # (0.5: 268; 1.0: 271), the wall time unchanged within the run-to-run spread (the steps dominate)
     trip_margin: float | None = 0.7
-    # ... and scans each face's region only at the pyramid levels whose P-Net window spans between 1/trip_levels
-    # and trip_levels face sizes (None: every level)
-    trip_levels: float | None = None
     # round trips code only a crop of the frames around the faces (aligned to x264's 16-pixel macroblocks of the
     # whole frame, `crop_pad` pixels beyond every region the steps and the detection read); None: the whole frame
     trip_crop: int | None = 16
@@ -293,7 +290,6 @@ class FaceVideoProtector:
         self.frames = self.groups = self.steps = self.key_frames = 0
         self.faces_found = self.faces_left = self.frames_with_faces = 0
         self.frames_left = 0
-        self.crops = 0  # R-/O-Net crops the steps cut and evaluated
         self.face_frames = 0  # faces x frames that went through a round trip
         self.skipped: list[list[np.ndarray]] = []  # per frame with faces: boxes the round trip found removed
         self.seconds = {"detect": 0.0, "optimise": 0.0, "check": 0.0, "apply": 0.0}
@@ -338,7 +334,6 @@ class FaceVideoProtector:
             "steps": self.steps,
             "steps_per_frame": round(self.steps / max(1, self.frames), 3),
             "workers": self.workers,
-            "crops_evaluated": self.crops,
             "faces_found_on_key_frames": self.faces_found,
             "faces_left_after_optimisation": self.faces_left,
             "groups_with_faces": self.frames_with_faces,
@@ -465,21 +460,10 @@ class FaceVideoProtector:
         if margin is None:
             return self.model.detect(frame[None], pool=pool)
         h, w = frame.shape[:2]
-        own = [region_of(f.box_at(frac), margin, h, w)[1] for f in faces]
-        rects = merge_rects(own)
+        rects = merge_rects([region_of(f.box_at(frac), margin, h, w)[1] for f in faces])
         if sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in rects) > 0.5 * h * w:  # OpenCV's whole levels are faster
             return self.model.detect(frame[None], pool=pool)
-        windows = None
-        if self.config.trip_levels is not None:  # each merged region at the levels of the faces it holds
-            f, windows = self.config.trip_levels, []
-            for y0, y1, x0, x1 in rects:
-                sides = [
-                    square(tuple(face.box_at(frac).tolist()))[2]
-                    for face, r in zip(faces, own, strict=True)
-                    if y0 <= r[0] and r[1] <= y1 and x0 <= r[2] and r[3] <= x1
-                ]
-                windows.append((min(sides) / f, max(sides) * f))
-        return self.model.detect(frame[None], regions=rects, pool=pool, windows=windows)
+        return self.model.detect(frame[None], regions=rects, pool=pool)
 
     def _optimise(self, frames: np.ndarray, faces: list[Face], t: int) -> None:
         """Steps on the perturbations of frame `t`'s faces (`first_steps` for a face seen for the first time, `steps`
@@ -597,7 +581,6 @@ class FaceVideoProtector:
                     was = True if last is None or j >= len(last[stage]) else last[stage][j]
                     costs.append(cut + forward + (2.0 if last is not None else 3.0) * forward * was)
         shares: list[dict[int, tuple[list[int], list[int]]]] = [{} for _ in range(self.workers)]
-        self.crops += len(items)
         for (k, stage, j), share in zip(items, chunks(costs, self.workers if self.pool else 1), strict=True):
             shares[share].setdefault(k, ([], []))[stage].append(j)
         shares = [sh for sh in shares if sh]
