@@ -110,3 +110,38 @@ def test_lower_thread_priority_is_per_thread() -> None:
     thread.join()
     assert seen == [min(19, mine + 5)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+
+
+def test_round_trip_detection_at_the_faces_levels_finds_the_same_candidates(
+    settings: Settings, shared_data: Path
+) -> None:
+    """`trip_levels`: each face's region scanned only at the pyramid levels whose P-Net window spans 1/2.5 to 2.5
+    face sizes gives, on crowd frames, each face the same R-/O-Net candidates near it and the same verdict as every
+    level, from fewer P-Net cells."""
+    from media_cleaner.protect.video.protector import Face, ious  # noqa: PLC0415
+
+    with av.open(str(shared_data / "bench" / "talking_crowd_720p.mp4")) as c:
+        frames = [
+            f.to_ndarray(format="rgb24") for i, f in zip(range(25), c.decode(video=0), strict=False) if i % 12 == 0
+        ]
+    ctx = VideoContext(
+        settings=settings, epsilon=0.12, width=1280, height=720, fps=25.0, frame_count=1, cancel=CancelToken()
+    )
+    found = {}
+    for levels in (None, 2.5):
+        protector = create(settings, ModelRegistry(settings), VideoAttackConfig(trip_levels=levels))
+        protector.prepare(ctx)
+        found[levels] = []
+        for frame in frames:
+            boxes = protector.model.detect(frame[None]).boxes[0]
+            det = protector._detect_near(frame, [Face(b, b, None) for b in boxes], 0.0, pool=None)
+            found[levels].append(det.pnet_candidates)
+            for b in boxes:
+                for cands in (det.rnet_inputs, det.onet_inputs):
+                    found[levels].append(cands[ious(cands[:, 1:], b) > 0.25].round(3).tolist())
+                found[levels].append(bool((ious(det.boxes[0], b) > 0.3).any()))
+    assert len(found[None]) > 3 * 6
+    counts = lambda f: [x for x in f if isinstance(x, int) and not isinstance(x, bool)]  # noqa: E731
+    rest = lambda f: [x for x in f if not (isinstance(x, int) and not isinstance(x, bool))]  # noqa: E731
+    assert rest(found[2.5]) == rest(found[None])
+    assert sum(counts(found[2.5])) < sum(counts(found[None]))

@@ -264,6 +264,7 @@ class MTCNN(nn.Module):
         exact: bool = False,
         regions: list[tuple[int, int, int, int]] | None = None,
         pool: Executor | None = None,
+        windows: list[tuple[float, float]] | None = None,
     ) -> Detections:
         """Detect faces in RGB images (N,H,W,3) uint8/float 0..255 (or one (H,W,3) image).
 
@@ -275,6 +276,10 @@ class MTCNN(nn.Module):
         later stages are unchanged. A face well inside a region gets the detection the whole frame gives it.
 
         `pool` runs P-Net's pyramid levels on its threads (the same detections: results are taken in level order).
+
+        `windows` (with `regions`, one (min, max) per region, in frame pixels) scans a region only at the pyramid
+        levels whose 12x12 P-Net window spans that many frame pixels (12 / scale): the levels at which the faces
+        around which the region was drawn can be proposed.
         """
         if isinstance(images, torch.Tensor):
             images = images.detach().cpu().numpy()
@@ -307,7 +312,11 @@ class MTCNN(nn.Module):
                 if regions is None:
                     boxes, idx = self._pnet_cells(normalise(pyramid_level(size)), scale, (0, 0))
                 else:
-                    boxes, idx = self.pnet_regions(host[0], size, scale, regions)
+                    span = 12.0 / scale
+                    picked = [
+                        r for k, r in enumerate(regions) if windows is None or windows[k][0] <= span <= windows[k][1]
+                    ]
+                    boxes, idx = self.pnet_regions(host[0], size, scale, picked)
             pick = batched_nms(boxes[:, :4], boxes[:, 4], idx, 0.5) if len(idx) else idx
             return boxes[pick], idx[pick]
 

@@ -54,12 +54,20 @@ class VideoAttackConfig:
     # steps on a frame for the faces that round trip's detection no longer finds (measured on the first 27 frames
     # of the 720p clip, faces left on the encoded output: 0 steps 143, 2: 136, 4: 122-129, all 8: 124-128)
     removed_steps: int = 4
+    # steps on a frame for a face whose crops still scored above `hopeless_logit` on O-Net at its last step on the
+    # previous frame (after all its steps): such a face was found on the coded output 20 times of 21 on the next
+    # frame (first 27 frames of the 720p clip), where its full steps cost 13% of the crops (None: no such limit)
+    hopeless_steps: int | None = None
+    hopeless_logit: float = 0.85  # O-Net's threshold 0.7 as a logit difference
     frame_candidates: bool = True  # the round trip also refreshes the hard boxes with a detection on that frame
     # the round trip's detection runs P-Net only on the faces' regions (face box + this many face sizes; None: the
     # whole frame); at 1.0 the detections and the candidates near each face are those of the whole frame. 0.7 scans
     # 2.4^2 instead of 3^2 face areas and codes a smaller crop: bench 720p 3 s, 445 -> 264 faces on the output
     # (0.5: 268; 1.0: 271), the wall time unchanged within the run-to-run spread (the steps dominate)
     trip_margin: float | None = 0.7
+    # ... and scans each face's region only at the pyramid levels whose P-Net window spans between 1/trip_levels
+    # and trip_levels face sizes (None: every level)
+    trip_levels: float | None = None
     # round trips code only a crop of the frames around the faces (aligned to x264's 16-pixel macroblocks of the
     # whole frame, `crop_pad` pixels beyond every region the steps and the detection read); None: the whole frame
     trip_crop: int | None = 16
@@ -102,6 +110,7 @@ class Face:
     source: Face | None = None  # the previous group's face this one continues, until its hard boxes are handed over
     hard_r: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # detector's candidates, face-relative
     hard_o: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    onet_last: float | None = None  # O-Net's highest logit difference over the face's crops at its latest step
 
     def box_at(self, f: float) -> np.ndarray:
         return self.first + (self.last - self.first) * f
@@ -290,6 +299,8 @@ class FaceVideoProtector:
         self.frames = self.groups = self.steps = self.key_frames = 0
         self.faces_found = self.faces_left = self.frames_with_faces = 0
         self.frames_left = 0
+        self.crops = 0  # R-/O-Net crops the steps cut and evaluated
+        self.hopeless = 0  # faces x frames given `hopeless_steps`
         self.face_frames = 0  # faces x frames that went through a round trip
         self.skipped: list[list[np.ndarray]] = []  # per frame with faces: boxes the round trip found removed
         self.seconds = {"detect": 0.0, "optimise": 0.0, "check": 0.0, "apply": 0.0}
@@ -334,12 +345,14 @@ class FaceVideoProtector:
             "steps": self.steps,
             "steps_per_frame": round(self.steps / max(1, self.frames), 3),
             "workers": self.workers,
+            "crops_evaluated": self.crops,
             "faces_found_on_key_frames": self.faces_found,
             "faces_left_after_optimisation": self.faces_left,
             "groups_with_faces": self.frames_with_faces,
             "groups_with_faces_left": self.frames_left,
             "face_frames": self.face_frames,
             "face_frames_removed_at_round_trip": sum(len(s) for s in self.skipped),
+            "face_frames_hopeless": self.hopeless,
             "frames_limited_by_output_gap": self.limited,
             "min_psnr_db": round(self.config.min_psnr - self.relax_db, 2),
             "max_output_gap_db": None if self.output_gap_db is None else round(self.output_gap_db, 2),
@@ -390,6 +403,7 @@ class FaceVideoProtector:
             best = max(self.tracks, key=lambda t: iou(face.first, t.last), default=None)
             if best is not None and iou(face.first, best.last) > 0.3:
                 face.param, face.fresh, face.momentum = best.param.clone(), False, best.momentum
+                face.onet_last = best.onet_last
                 face.source = best  # its hard boxes once that group's check has hardened them (`_settle`)
         self.tracks = faces
         if self.pending is None:
@@ -460,10 +474,21 @@ class FaceVideoProtector:
         if margin is None:
             return self.model.detect(frame[None], pool=pool)
         h, w = frame.shape[:2]
-        rects = merge_rects([region_of(f.box_at(frac), margin, h, w)[1] for f in faces])
+        own = [region_of(f.box_at(frac), margin, h, w)[1] for f in faces]
+        rects = merge_rects(own)
         if sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in rects) > 0.5 * h * w:  # OpenCV's whole levels are faster
             return self.model.detect(frame[None], pool=pool)
-        return self.model.detect(frame[None], regions=rects, pool=pool)
+        windows = None
+        if self.config.trip_levels is not None:  # each merged region at the levels of the faces it holds
+            f, windows = self.config.trip_levels, []
+            for y0, y1, x0, x1 in rects:
+                sides = [
+                    square(tuple(face.box_at(frac).tolist()))[2]
+                    for face, r in zip(faces, own, strict=True)
+                    if y0 <= r[0] and r[1] <= y1 and x0 <= r[2] and r[3] <= x1
+                ]
+                windows.append((min(sides) / f, max(sides) * f))
+        return self.model.detect(frame[None], regions=rects, pool=pool, windows=windows)
 
     def _optimise(self, frames: np.ndarray, faces: list[Face], t: int) -> None:
         """Steps on the perturbations of frame `t`'s faces (`first_steps` for a face seen for the first time, `steps`
@@ -510,6 +535,11 @@ class FaceVideoProtector:
                 gone = {id(s[0]) for s in removed}
         self._settle()
         budget = {id(s[0]): cfg.first_steps if s[0].fresh else cfg.steps for s in setups}
+        if cfg.hopeless_steps is not None:  # the steps go where they have a chance of removing the face
+            for face, *_ in setups:
+                if face.onet_last is not None and face.onet_last >= cfg.hopeless_logit:
+                    budget[id(face)] = min(budget[id(face)], cfg.hopeless_steps)
+                    self.hopeless += 1
         if not cfg.carry_momentum:
             for face in faces:
                 face.momentum = None
@@ -581,6 +611,7 @@ class FaceVideoProtector:
                     was = True if last is None or j >= len(last[stage]) else last[stage][j]
                     costs.append(cut + forward + (2.0 if last is not None else 3.0) * forward * was)
         shares: list[dict[int, tuple[list[int], list[int]]]] = [{} for _ in range(self.workers)]
+        self.crops += len(items)
         for (k, stage, j), share in zip(items, chunks(costs, self.workers if self.pool else 1), strict=True):
             shares[share].setdefault(k, ([], []))[stage].append(j)
         shares = [sh for sh in shares if sh]
@@ -616,15 +647,18 @@ class FaceVideoProtector:
             results = [f.result() for f in [self.pool.submit(run, sh) for sh in shares]]
         losses, grads = [0.0] * len(setups), [None] * len(setups)
         rows = [([False] * drawn[k][1][0].shape[0], [False] * drawn[k][1][1].shape[0]) for k in range(len(setups))]
+        onet = [-1e9] * len(setups)
         for share, (part_losses, part_grads, stats) in zip(shares, results, strict=True):
             for (k, (rows_r, rows_o)), loss, g, st in zip(share.items(), part_losses, part_grads, stats, strict=True):
                 losses[k] += loss
+                onet[k] = max(onet[k], st["onet"])
                 grads[k] = g if grads[k] is None else (grads[k] if g is None else grads[k] + g)
                 for full, part, flags in ((rows[k][0], rows_r, st["rnet_rows"]), (rows[k][1], rows_o, st["onet_rows"])):
                     for j, flag in zip(part, flags, strict=True):
                         full[j] = flag
         for k, (face, *_) in enumerate(setups):
             active[id(face)] = rows[k]
+            face.onet_last = onet[k]
         return losses, grads
 
     def _apply(self, frames: np.ndarray, faces: list[Face], frac: float, record: bool = False) -> np.ndarray:
