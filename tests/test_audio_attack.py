@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from media_cleaner.config import load_settings
-from media_cleaner.evaluate.speech import load_pcm
+from media_cleaner.evaluate.speech import load_pcm, normalise
 from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.progress import CancelToken
 from media_cleaner.protect.audio import AttackConfig, create
@@ -311,3 +311,57 @@ def test_a_stalling_run_turns_the_end_of_text_margin_on(attack, shared_data) -> 
     partly = [("in 1813", False), ("in 1813", False), ("", False), ("in 1912", False), ("in 1813", False)]
     _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=scripted_listen(partly, calls))
     assert figures["stalled_at"] == 8
+
+
+def test_a_lost_transcript_is_not_pushed_away_without_push_lost(attack) -> None:
+    """What a check hears is pushed away when it still carries clean words; gibberish (already lost) is pushed only
+    with `push_lost` (pushing it moved common_voice back to its clean wording at every other check)."""
+    _, prot = attack
+    a, s = prot._attack, prot._attack.s
+    windows = plan_windows(3 * 16000)
+    clean = Heard("Every purchase is a vote.", "en", [(0.0, "Every purchase is a vote.")])
+    gibberish = Heard("Hidrall, hau, hau, hau", "cy", [(0.0, "Hidrall, hau, hau, hau")])
+    variant = Heard("Can we purchase a vote?", "en", [(0.0, "Can we purchase a vote?")])
+    for push_lost, pushed in ((True, 2), (False, 1)):
+        prompts = [s.prompt("en")]
+        targets = [[s.tokenizer.encode(" " + clean.text)]]
+        decoding = [[prompts[0]]]
+        cfg = AttackConfig(push_lost=push_lost)
+        a._push_heard(gibberish, windows, prompts, targets, decoding, cfg, clean)
+        assert len(targets[0]) == pushed
+        assert [d.language for d in decoding[0]] == ["en", "cy"]  # the language it drifted to is kept either way
+        assert a._push_heard(variant, windows, prompts, targets, decoding, cfg, clean)
+        assert targets[0][-1] == s.tokenizer.encode(" " + variant.text)
+
+
+def test_a_bfloat16_surrogate_agrees_with_float32(attack, shared_data) -> None:
+    """The bfloat16 copy (weights cast once, layer norms in float32) hears the same transcript, and its gradient
+    on the log-mel points the same way as float32's."""
+    from media_cleaner.models.whisper import load_whisper
+    from media_cleaner.protect.audio.attack import WhisperAttack
+    from media_cleaner.protect.audio.surrogate import WhisperSurrogate
+
+    settings, prot = attack
+    s32 = prot._attack.s
+    s16 = WhisperSurrogate(load_whisper(settings, ModelRegistry(settings)), torch.bfloat16)
+    assert s16.model.encoder.blocks[0].attn.query.weight.dtype == torch.bfloat16
+    assert s16.model.encoder.blocks[0].attn_ln.weight.dtype == torch.float32
+    mel, ctx32 = english_window(s32, shared_data)
+    ctx16 = s16.frozen_context(mel, ctx32.content)
+    prompt = s32.prompt("en")
+    grads, texts = [], []
+    for s, ctx in ((s32, ctx32), (s16, ctx16)):
+        m = mel.clone().requires_grad_(True)
+        content = s.encode_content(m, ctx)
+        full = torch.cat([content.detach(), ctx.tail], 1)
+        texts.append(s.greedy_text(full, prompt)[0])
+        assert s.detect_language(full) == ["en"]
+        a = WhisperAttack(s)
+        rows, weights = a._rows([prompt], [texts[0]], s.device)
+        loss, _ = a._loss(s.decode_hidden(rows, content, ctx), rows, weights, prompt, AttackConfig())
+        assert loss.dtype == torch.float32
+        (g,) = torch.autograd.grad(loss, m)
+        grads.append(g.flatten())
+    # The same words (bfloat16 may punctuate differently: "1 2 3" / "1, 2, 3.").
+    assert normalise(s32.tokenizer.decode(texts[0])) == normalise(s32.tokenizer.decode(texts[1]))
+    assert float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)) > 0.8

@@ -62,6 +62,9 @@ class AttackConfig:
     # still finds words); on at half the words, grid_lbax4n (seed 1) kept "for now" to the cap (83%)
     retarget_every: int = 5  # untargeted, without a check: steps between greedy decodes of the current state
     max_targets: int = 3  # transcripts pushed per window: the clean one and those it drifts to
+    push_lost: bool = True  # also push away a heard transcript that is already lost (gibberish): it moves the state
+    # away from a lost one, back towards the clean wording (common_voice: Welsh gibberish and "can we purchase..."
+    # alternated at every check for 160 steps)
     codec_aware: bool = True  # the real output codec in the loop (straight-through), see `run`
     codec_every: int = 4  # steps between passes through the real codec
     check_every: int = 4  # steps between checks of the coded output with the real recogniser (when one is given)
@@ -90,6 +93,7 @@ class AttackConfig:
     feature_grace: int = 16  # hears `holding` of the clean words: where Whisper holds out, the budget goes back to
     # it (english.wav: 0% at 160 steps with a fixed weight; halved at every holding check from step 4: 152 steps)
     margin_db: float = 0.3
+    precision: str = "float32"  # the surrogate's weights: float32 | bfloat16 | auto (bfloat16 where native)
     seed: int = 0
     extra: dict[str, float] = field(default_factory=dict)  # per-level step overrides, e.g. {"weak": 10}
 
@@ -404,7 +408,7 @@ class WhisperAttack:
                     if not cfg.margin_steps:
                         break
                 if untargeted:
-                    retarget = self._push_heard(now, windows, prompts, targets, decoding, cfg)
+                    retarget = self._push_heard(now, windows, prompts, targets, decoding, cfg, clean_heard)
             step_started = time.perf_counter()
             heard_audio = base + delta
             if cfg.shift:
@@ -472,13 +476,19 @@ class WhisperAttack:
         targets: list[list[list[int]]],
         decoding: list[list[Prompt]],
         cfg: AttackConfig,
+        clean: Heard | None = None,
     ) -> bool:
         """Adds what the recogniser heard on the coded output, per window, to the transcripts pushed away (the
         clean one stays; the latest drift replaces the previous when full) and its language to the prompts they are
-        pushed under (the track's, then the latest drift); returns whether anything changed."""
+        pushed under (the track's, then the latest drift); returns whether anything changed. Without `push_lost`,
+        a window's transcript already lost against `clean`'s is not pushed (it is where the attack wants to be)."""
         changed = False
         for i, w in enumerate(windows):
             text = now.text_between(*_span(w))
+            if clean is not None and not cfg.push_lost and text:
+                clean_text = clean.text_between(*_span(w))
+                if lost(Heard(clean_text, clean.language), Heard(text, now.language), cfg.stop_wer, cfg.stop_recovered):
+                    text = ""
             if now.language not in [d.language for d in decoding[i]]:
                 # The latest language the recogniser drifted to replaces the previous one (english.wav: pushed
                 # under one, the digits came back under Chinese).

@@ -22,7 +22,7 @@ from media_cleaner.protect.audio.attack import AttackConfig, WhisperAttack
 from media_cleaner.protect.audio.check import FasterWhisperCheck
 from media_cleaner.protect.audio.codec import aac_roundtrip
 from media_cleaner.protect.audio.masking import LEVEL_SNR_DB, project_to_floor
-from media_cleaner.protect.audio.surrogate import SAMPLE_RATE, WhisperSurrogate
+from media_cleaner.protect.audio.surrogate import SAMPLE_RATE, WhisperSurrogate, resolve_precision
 from media_cleaner.protect.base import AudioContext
 
 # At most this many optimisation steps per level: the check on the delivered file stops most tracks after 8-44, so
@@ -96,7 +96,8 @@ class WhisperAudioProtector:
 
             if self.settings.torch_threads:
                 torch.set_num_threads(self.settings.torch_threads)
-            self._attack = WhisperAttack(WhisperSurrogate(load_whisper(self.settings, self.registry)))
+            dtype = resolve_precision(self.config.precision, self.settings.device)
+            self._attack = WhisperAttack(WhisperSurrogate(load_whisper(self.settings, self.registry), dtype))
             if self.config.check_every:
                 model_dir = str(self.registry.resolve("whisper-base-ct2"))
                 self._listen = FasterWhisperCheck(model_dir, self.settings.torch_threads or 1)

@@ -12,6 +12,7 @@ the padded positions, and what the real model then sees on the file matched the 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -58,14 +59,43 @@ def _attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
     return attn.out(out.transpose(1, 2).flatten(2))
 
 
-class WhisperSurrogate:
-    """Wraps an openai-whisper `Whisper` model (eval, frozen) for the attack."""
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether bfloat16 matrix products run natively (a CUDA GPU, or a CPU with AVX-512 BF16 / AMX); elsewhere they
+    are emulated and slower than float32."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
-    def __init__(self, model) -> None:
+
+def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype:
+    """`float32`, `bfloat16`, or `auto` (bfloat16 where it runs natively)."""
+    if precision == "auto":
+        return torch.bfloat16 if bf16_supported(device) else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[precision]
+
+
+class WhisperSurrogate:
+    """Wraps an openai-whisper `Whisper` model (eval, frozen) for the attack.
+
+    `dtype` bfloat16 casts the weights once (layer norms stay float32, as openai-whisper's LayerNorm computes in
+    float32); the log-mel and every loss reduction stay float32, the encoder and decoder run in bfloat16: ~25% less
+    per step on this CPU (jfk, one forward + backward: 1.25 -> 0.93 s on 1 thread, 0.71 -> 0.53 s on 2), input
+    gradient cosine 0.94 against float32."""
+
+    def __init__(self, model, dtype: torch.dtype = torch.float32) -> None:
         import whisper
         from whisper.tokenizer import get_tokenizer
 
+        if dtype != torch.float32:
+            model = copy.deepcopy(model).to(dtype)  # the loader may hand the same model to others
+            for module in model.modules():
+                if isinstance(module, torch.nn.LayerNorm):
+                    module.float()
         self.model = model
+        self.dtype = dtype
         self.device = next(model.parameters()).device
         self.filters = whisper.audio.mel_filters(self.device, model.dims.n_mels)
         self.window = torch.hann_window(N_FFT, device=self.device)
@@ -97,6 +127,7 @@ class WhisperSurrogate:
         """Run the encoder on a full (B, n_mels, 3000) window once and keep, for positions >= `content`, each
         encoder layer's keys/values and the decoder's cross-attention keys/values."""
         enc = self.model.encoder
+        mel = mel.to(self.dtype)
         x = F.gelu(enc.conv2(F.gelu(enc.conv1(mel)))).permute(0, 2, 1) + enc.positional_embedding
         keys, values = [], []
         for block in enc.blocks:
@@ -119,6 +150,7 @@ class WhisperSurrogate:
         """Encoder outputs of the first `ctx.content` positions of a padded window, the rest frozen."""
         enc = self.model.encoder
         n = ctx.content
+        mel = mel.to(self.dtype)
         # Two convolutions (k=3, the second with stride 2): 2n + 2 frames fix the first n positions exactly.
         x = F.gelu(enc.conv2(F.gelu(enc.conv1(mel[..., : 2 * n + 2]))))[..., :n]
         x = x.permute(0, 2, 1) + enc.positional_embedding[:n]
@@ -168,7 +200,7 @@ class WhisperSurrogate:
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """Encoder on (B, n_mels, T) with T even and <= 3000 -> (B, T // 2, d_model)."""
         enc = self.model.encoder
-        x = F.gelu(enc.conv1(mel))
+        x = F.gelu(enc.conv1(mel.to(self.dtype)))
         x = F.gelu(enc.conv2(x))
         x = x.permute(0, 2, 1)
         x = x + enc.positional_embedding[: x.shape[1]]
