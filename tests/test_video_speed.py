@@ -145,3 +145,31 @@ def test_round_trip_detection_at_the_faces_levels_finds_the_same_candidates(
     rest = lambda f: [x for x in f if not (isinstance(x, int) and not isinstance(x, bool))]  # noqa: E731
     assert rest(found[2.5]) == rest(found[None])
     assert sum(counts(found[2.5])) < sum(counts(found[None]))
+
+
+def test_faces_still_firing_after_their_steps_get_fewer_steps_on_the_next_frame(
+    settings: Settings, shared_data: Path
+) -> None:
+    """`hopeless_steps`: a face whose crops still scored at or above `hopeless_logit` on O-Net at its last step gets
+    at most that many steps on the next frame; the others keep their budget."""
+    with av.open(str(shared_data / "bench" / "talking_crowd_720p.mp4")) as c:
+        frames = np.stack([f.to_ndarray(format="rgb24") for _, f in zip(range(3), c.decode(video=0), strict=False)])
+    frames = np.ascontiguousarray(frames[:, 360:616, 540:780])  # four faces of the crowd
+    ctx = VideoContext(
+        settings=settings, epsilon=0.12, width=240, height=256, fps=25.0, frame_count=3, cancel=CancelToken()
+    )
+    runs = {}
+    for logit in (-1e9, 1e9):  # every face counts as still firing / none does
+        config = VideoAttackConfig(
+            group=3, first_steps=3, steps=3, removed_steps=2, hopeless_steps=1, hopeless_logit=logit
+        )
+        protector = create(settings, ModelRegistry(settings), config)
+        protector.prepare(ctx)
+        protector.protect_batch(frames, ctx)
+        protector.finish(ctx)
+        runs[logit] = ctx.stats.copy()
+    faces = runs[1e9]["face_frames"] // 3
+    assert faces >= 3
+    assert runs[-1e9]["face_frames_hopeless"] == 2 * faces and runs[1e9]["face_frames_hopeless"] == 0
+    assert runs[-1e9]["steps"] == 3 + 1 + 1 < runs[1e9]["steps"]
+    assert runs[-1e9]["crops_evaluated"] < runs[1e9]["crops_evaluated"]
