@@ -25,7 +25,8 @@ MODEL_CACHE = Path(__file__).resolve().parent.parent / ".venv" / "model_cache"
 @pytest.fixture(scope="module")
 def attack(tmp_path_factory):
     settings = load_settings(base_dir=tmp_path_factory.mktemp("attack"), model_cache_dir=MODEL_CACHE, torch_threads=1)
-    prot = create(settings, ModelRegistry(settings))
+    # float32: the exactness checks below compare against the full model to 1e-4 (bfloat16 has its own test).
+    prot = create(settings, ModelRegistry(settings), AttackConfig(precision="float32"))
     prot.prepare(AudioContext(settings=settings, level="weak", sample_rate=16000, channels=1, cancel=CancelToken()))
     return settings, prot
 

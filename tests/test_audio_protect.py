@@ -114,7 +114,9 @@ def test_codec_roundtrip_is_aligned() -> None:
 @pytest.fixture(scope="module")
 def protector(tmp_path_factory):
     settings = load_settings(base_dir=tmp_path_factory.mktemp("audio"), model_cache_dir=MODEL_CACHE, torch_threads=2)
-    return settings, create(settings, ModelRegistry(settings), AttackConfig(extra={"weak": 4, "medium": 4}))
+    return settings, create(
+        settings, ModelRegistry(settings), AttackConfig(extra={"weak": 4, "medium": 4}, precision="float32")
+    )
 
 
 def test_protect_track_keeps_shape_rate_and_stereo_image(protector, shared_data) -> None:
