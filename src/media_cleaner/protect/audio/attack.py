@@ -93,8 +93,8 @@ class AttackConfig:
     feature_grace: int = 16  # hears `holding` of the clean words: where Whisper holds out, the budget goes back to
     # it (english.wav: 0% at 160 steps with a fixed weight; halved at every holding check from step 4: 152 steps)
     margin_db: float = 0.3
-    precision: str = "auto"  # the surrogate's weights: float32 | bfloat16 | auto (bfloat16 where native: ~25% less
-    # per step; 7 clips, seeds 0/1/2, 2 threads: Whisper minimum 100% each time, see README)
+    precision: str = "float32"  # the surrogate's weights: float32 | bfloat16 | auto (bfloat16 where native). bfloat16:
+    # ~25% less per step, but 7 clips x seeds 0/1/2 (2 threads): common_voice 80% Whisper with seed 2 (float32: 100%)
     seed: int = 0
     extra: dict[str, float] = field(default_factory=dict)  # per-level step overrides, e.g. {"weak": 10}
 
