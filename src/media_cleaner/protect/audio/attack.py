@@ -38,7 +38,7 @@ from media_cleaner.protect.audio.surrogate import HOP, N_FRAMES, SAMPLE_RATE, Pr
 
 @dataclass
 class AttackConfig:
-    """Defaults are the measured best at the weak level on this CPU (see README, "Audio protection")."""
+    """Defaults are the measured best at the weak level on this CPU (see docs/audio-protection.md)."""
 
     snr_db: float = 40.0
     steps: int = 160  # at most; the check on the delivered file stops most tracks far earlier

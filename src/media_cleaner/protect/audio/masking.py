@@ -6,7 +6,7 @@ Two parts:
   masking), with a per-frame floor below the frame's loudest band. The perturbation lives in this shape, so it
   sits under the speech and vanishes in silence;
   (`AttackConfig.mask_floor_db` = 0, the default, keeps only the time shape: flat within a frame, which measured
-  far stronger against Whisper than a speech-shaped spectrum at the same SNR — see README)
+  far stronger against Whisper than a speech-shaped spectrum at the same SNR — see docs/audio-protection.md)
 - the level's SNR floor (scale), enforced exactly by projection: the whole track and every 1 s window on ten
   staggered grids (any 1 s window with speech is then within a fraction of a dB of the floor), per channel,
   against the original PCM at its own sample rate, with smooth gain curves so the projection adds no clicks.
