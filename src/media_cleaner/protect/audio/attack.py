@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from media_cleaner.evaluate.speech import normalise, wer, words_recovered
+from media_cleaner.evaluate.speech import normalise, words_recovered
 from media_cleaner.protect.audio.check import Heard, lost
 from media_cleaner.protect.audio.features import HOP as FEATURE_HOP
 from media_cleaner.protect.audio.features import SpeechFrontEnd, feature_distance
@@ -92,10 +92,10 @@ class AttackConfig:
     feature_yield: float = 0.0  # ... its weight times this at each check from step `feature_grace` on that still
     feature_grace: int = 16  # hears `holding` of the clean words: where Whisper holds out, the budget goes back to
     # it (english.wav: 0% at 160 steps with a fixed weight; halved at every holding check from step 4: 152 steps)
-    cap_candidates: int = 3  # a run capped with no confirmed stop decodes this many of the latest states a cheap
-    # check found lost (latest first), then the last state, as the evaluator does, and returns the first found lost,
-    # else the one heard furthest from the clean words (common_voice, seed 2, bfloat16: checks alternating between
-    # gibberish and "can we purchase...", so two in a row never came, and the last state, returned, read 80%)
+    cap_candidates: int = 3  # a run capped with no confirmed stop tries this many of the latest states a cheap check
+    # found lost (latest first) with the evaluator's decoding and returns the first it confirms (common_voice, seed 2,
+    # bfloat16: checks alternating between gibberish and "can we purchase...", so two in a row never came, and the
+    # last state, returned, read 80%)
     margin_db: float = 0.3
     precision: str = "float32"  # the surrogate's weights: float32 | bfloat16 | auto (bfloat16 where native). bfloat16:
     # ~25% less per step, but 7 clips x seeds 0/1/2 (2 threads): common_voice 80% Whisper with seed 2 (float32: 100%)
@@ -458,25 +458,17 @@ class WhisperAttack:
         if stopped_at is None and best is not None:
             returned, delta = best[1], best[2]  # the cap came first: the state the confirmation liked best
         elif stopped_at is None and found_lost and listen is not None and clean_heard is not None:
-            # No confirmation ever ran: the states single checks found lost, then the last one, decoded as the
-            # evaluator decodes; the first found lost is returned, else the one heard furthest from the clean words.
-            furthest: tuple[float, int, np.ndarray] | None = None
+            # No confirmation ever ran: the states single checks found lost, asked as the evaluator decodes.
             with timed("confirm"):
-                for step_now, delta_now in [*reversed(found_lost), (returned, delta)]:
+                for step_lost, delta_lost in reversed(found_lost):
                     if deliver is None:
-                        as_tensor = torch.from_numpy(delta_now).to(device)
-                        delivered = np.pad(_numpy(coded_base(as_tensor) + as_tensor), (cfg.priming_delay, 0))
+                        lost_delta = torch.from_numpy(delta_lost).to(device)
+                        delivered = np.pad(_numpy(coded_base(lost_delta) + lost_delta), (cfg.priming_delay, 0))
                     else:
-                        delivered = deliver(delta_now)
-                    now = listen(delivered, True, None)
-                    if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered):
-                        furthest, cap_confirmed = (1.0, step_now, delta_now), step_now
+                        delivered = deliver(delta_lost)
+                    if lost(clean_heard, listen(delivered, True, None), cfg.stop_wer, cfg.stop_recovered):
+                        returned, delta, cap_confirmed = step_lost, delta_lost, step_lost
                         break
-                    distance = wer(clean_heard.text, now.text)
-                    if furthest is None or distance > furthest[0]:
-                        furthest = (distance, step_now, delta_now)
-            assert furthest is not None
-            returned, delta = furthest[1], furthest[2]
         figures = {
             "windows": len(windows),
             "window_s": [round(w.frames * HOP / SAMPLE_RATE, 2) for w in windows],
