@@ -208,32 +208,6 @@ def test_checks_thin_out_while_the_transcript_holds_and_a_capped_run_returns_the
     assert figures["stopped_at"] is None and figures["returned_step"] == 10
 
 
-def test_a_capped_run_without_a_confirmation_returns_a_state_the_evaluators_decoding_finds_lost(
-    attack, shared_data
-) -> None:
-    """Checks that alternate between lost and holding never make two in a row, so no confirmation runs: at the cap
-    the latest states a check found lost are decoded as the evaluator decodes, latest first, and the first one
-    found lost is returned (not the last, unchecked state)."""
-    _, prot = attack
-    audio = load_pcm(shared_data / "audio" / "LJ002-0020.wav")
-    # Clean; checks at 2 (lost), 4 (holds), 6 (lost), 8 (holds), 10 (lost); at the cap: 10 holds, 6 is lost.
-    script = [("in 1813", False), ("", False), ("in 1813", False), ("", False), ("in 1813", False), ("", False)]
-    script += [("in 1813", False), ("", False)]
-    calls: list[bool] = []
-    listen = scripted_listen(script, calls)
-
-    cfg = AttackConfig(steps=12, check_every=2, check_every_holding=2, codec_every=2, confirmations=2)
-    _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=listen)
-    assert calls == [True, False, False, False, False, False, True, True]
-    assert figures["stopped_at"] is None and figures["steps_run"] == 12
-    assert figures["returned_step"] == 6 and figures["cap_confirmed"] == 6
-    # Without the fallback the last state comes back.
-    calls.clear()
-    _, figures = prot._attack.run(audio, replace(cfg, cap_candidates=0), codec=lambda d: audio + d, listen=listen)
-    assert figures["returned_step"] == 12 and figures["cap_confirmed"] is None
-    assert calls == [True, False, False, False, False, False]
-
-
 @pytest.mark.slow
 def test_greedy_check_of_a_long_track_fits_the_decoder_context(attack, shared_data) -> None:
     """A 60 s track: the second 30 s window is decoded with the first one's text as prompt, and the greedy check's

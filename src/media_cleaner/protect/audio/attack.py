@@ -92,10 +92,6 @@ class AttackConfig:
     feature_yield: float = 0.0  # ... its weight times this at each check from step `feature_grace` on that still
     feature_grace: int = 16  # hears `holding` of the clean words: where Whisper holds out, the budget goes back to
     # it (english.wav: 0% at 160 steps with a fixed weight; halved at every holding check from step 4: 152 steps)
-    cap_candidates: int = 3  # a run capped with no confirmed stop tries this many of the latest states a cheap check
-    # found lost (latest first) with the evaluator's decoding and returns the first it confirms (common_voice, seed 2,
-    # bfloat16: checks alternating between gibberish and "can we purchase...", so two in a row never came, and the
-    # last state, returned, read 80%)
     margin_db: float = 0.3
     precision: str = "float32"  # the surrogate's weights: float32 | bfloat16 | auto (bfloat16 where native). bfloat16:
     # ~25% less per step, but 7 clips x seeds 0/1/2 (2 threads): common_voice 80% Whisper with seed 2 (float32: 100%)
@@ -351,7 +347,6 @@ class WhisperAttack:
         draws = 0  # extra confirming decodes
         next_check = cfg.check_every
         best: tuple[float, int, np.ndarray] | None = None  # (share of lost draws, step, perturbation)
-        found_lost: list[tuple[int, np.ndarray]] = []  # (step, perturbation) of the latest checks that found it lost
         spent_terms: dict[str, float] = {}  # terms outside the per-window Whisper loss (the front end's distance)
         feature_weight = cfg.feature_weight
         stalled_at: int | None = None  # the check that turned the end-of-text margin on
@@ -378,8 +373,6 @@ class WhisperAttack:
                 with timed("check"):
                     now = hear(base + delta, exact=False)
                 streak = streak + 1 if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
-                if streak and cfg.cap_candidates:
-                    found_lost = [*found_lost, (step, _numpy(delta))][-cfg.cap_candidates :]
                 if streak >= cfg.confirmations:
                     # Confirmed as the evaluator decodes, on the file as delivered when the protector says how.
                     with timed("confirm"):
@@ -454,21 +447,8 @@ class WhisperAttack:
         with torch.no_grad():
             delta = perturbation().cpu().numpy().astype(np.float32)
         returned = len(history)
-        cap_confirmed: int | None = None
         if stopped_at is None and best is not None:
             returned, delta = best[1], best[2]  # the cap came first: the state the confirmation liked best
-        elif stopped_at is None and found_lost and listen is not None and clean_heard is not None:
-            # No confirmation ever ran: the states single checks found lost, asked as the evaluator decodes.
-            with timed("confirm"):
-                for step_lost, delta_lost in reversed(found_lost):
-                    if deliver is None:
-                        lost_delta = torch.from_numpy(delta_lost).to(device)
-                        delivered = np.pad(_numpy(coded_base(lost_delta) + lost_delta), (cfg.priming_delay, 0))
-                    else:
-                        delivered = deliver(delta_lost)
-                    if lost(clean_heard, listen(delivered, True, None), cfg.stop_wer, cfg.stop_recovered):
-                        returned, delta, cap_confirmed = step_lost, delta_lost, step_lost
-                        break
         figures = {
             "windows": len(windows),
             "window_s": [round(w.frames * HOP / SAMPLE_RATE, 2) for w in windows],
@@ -482,7 +462,6 @@ class WhisperAttack:
             "redraws": draws,
             "stalled_at": stalled_at,
             "returned_step": returned,
-            "cap_confirmed": cap_confirmed,
             "loss_first": round(history[0], 4) if history else None,
             "loss_last": round(history[-1], 4) if history else None,
             "last_window_terms": {k: round(val, 3) for k, val in last_terms.items()},
