@@ -55,3 +55,37 @@ def test_feature_distance_is_zero_on_the_clean_track_and_its_gradient_is_finite(
     assert float(distance.detach()) > 0.0 and torch.isfinite(v.grad).all() and float(v.grad.abs().max()) > 0.0
     snr = 10 * math.log10(float(x.square().sum()) / float(delta.detach().square().sum()))
     assert snr >= 40.0 - 1e-3
+
+
+def test_deltas_are_the_regression_slope_and_ignore_a_constant_offset() -> None:
+    """Dynamic features: a cepstral ramp has delta = its slope (inside the edges) and delta-delta 0; a constant
+    offset added to every frame (what CMN removes anyway) leaves the deltas unchanged."""
+    from media_cleaner.protect.audio.features import deltas, with_dynamics
+
+    t = torch.arange(20, dtype=torch.float32)[:, None]
+    ramp = torch.cat([0.5 * t, -2.0 * t], -1)  # (T, 2)
+    d = deltas(ramp)
+    assert torch.allclose(d[2:-2], torch.tensor([0.5, -2.0]).expand(16, 2))
+    stacked = with_dynamics(ramp, 2)
+    assert stacked.shape == (20, 6) and float(stacked[4:-4, 4:].abs().max()) < 1e-6
+    assert torch.allclose(deltas(ramp + 3.0), d)
+
+
+def test_dynamic_whitened_per_frame_distance() -> None:
+    """The transfer term's variants: zero on the clean track, per-frame values only on speech frames, and the
+    whitened distance invariant to the track's loudness (it is in units of the clean track's own spread)."""
+    front = SpeechFrontEnd()
+    x = _speechlike()
+    delta = 0.003 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    peak = front.peak(x)
+    assert float(feature_distance(front, x, x, peak, dynamics=2, whiten=True)) < 1e-8
+    frames, speech = feature_distance(front, x + delta, x, peak, dynamics=2, whiten=True, per_frame=True)
+    assert frames.shape == speech.shape == (1 + (x.shape[0] - 400) // 160,)
+    assert 0 < float(speech.sum()) < speech.numel() and float(frames[speech == 0].abs().max()) == 0.0
+    assert float(frames[speech == 1].min()) > 0.0
+    mean = feature_distance(front, x + delta, x, peak, dynamics=2, whiten=True)
+    assert abs(float(mean) - float(frames.sum() / speech.sum())) < 1e-5
+    louder = feature_distance(front, 4 * (x + delta), 4 * x, front.peak(4 * x), dynamics=2, whiten=True)
+    assert abs(float(louder) / float(mean) - 1.0) < 1e-3
+    static = feature_distance(front, x + delta, x, peak)
+    assert abs(float(feature_distance(front, x + delta, x, peak, dynamics=0, whiten=False)) - float(static)) < 1e-9

@@ -92,6 +92,11 @@ class AttackConfig:
     feature_yield: float = 0.0  # ... its weight times this at each check from step `feature_grace` on that still
     feature_grace: int = 16  # hears `holding` of the clean words: where Whisper holds out, the budget goes back to
     # it (english.wav: 0% at 160 steps with a fixed weight; halved at every holding check from step 4: 152 steps)
+    feature_dynamics: int = 0  # transfer: levels of deltas appended to the cepstra (2: c + d + dd, as classical
+    # recognisers score; CMN removes a constant cepstral offset, so only the change over time counts)
+    feature_whiten: bool = False  # ... each dimension in units of its spread over the clean speech frames
+    feature_per_frame: bool = False  # ... the mean over speech frames of log(frame distance + feature_floor), not the
+    feature_floor: float = 0.01  # log of the mean: every frame (every word, the short ones too) must move
     margin_db: float = 0.3
     precision: str = "float32"  # the surrogate's weights: float32 | bfloat16 | auto (bfloat16 where native). bfloat16:
     # ~25% less per step, but 7 clips x seeds 0/1/2 (2 threads): common_voice 80% Whisper with seed 2 (float32: 100%)
@@ -422,8 +427,10 @@ class WhisperAttack:
             if front is not None:
                 # A sub-frame delay for both tracks: the unseen recogniser's frames do not line up with ours.
                 offset = int(torch.randint(0, FEATURE_HOP, (1,), generator=gen))
-                distance = feature_distance(front, _delay(base + delta, offset), _delay(clean_track, offset), peak)
-                loss = loss - feature_weight * torch.log(distance + 1e-6)
+                distance, gain = self._feature_gain(
+                    front, _delay(base + delta, offset), _delay(clean_track, offset), peak, cfg
+                )
+                loss = loss - feature_weight * gain
                 spent_terms.update(feature_distance=float(distance.detach()), feature_weight=feature_weight)
             greedy = listen is None and untargeted and cfg.retarget_every and step and step % cfg.retarget_every == 0
             for i, (w, ctx, prompt) in enumerate(zip(windows, contexts, prompts, strict=True)):
@@ -468,6 +475,22 @@ class WhisperAttack:
             "seconds": {k: round(val, 2) for k, val in spent.items()},
         }
         return delta, figures
+
+    @staticmethod
+    def _feature_gain(
+        front: SpeechFrontEnd, audio: torch.Tensor, clean: torch.Tensor, peak: torch.Tensor, cfg: AttackConfig
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean distance, the transfer term to raise): the log of the generic front end's distance from the clean
+        track (scale-free: its gradient is the relative change), or with `feature_per_frame` the mean of each speech
+        frame's log distance, so the budget cannot pile up on the frames that are easiest to move."""
+        kw = {"dynamics": cfg.feature_dynamics, "whiten": cfg.feature_whiten}
+        if not cfg.feature_per_frame:
+            distance = feature_distance(front, audio, clean, peak, **kw)
+            return distance, torch.log(distance + 1e-6)
+        frames, speech = feature_distance(front, audio, clean, peak, per_frame=True, **kw)
+        count = speech.sum(-1).clamp(min=1.0)
+        gain = (torch.log(frames + cfg.feature_floor) * speech).sum(-1) / count
+        return frames.sum(-1) / count, gain
 
     def _push_heard(
         self,

@@ -86,18 +86,60 @@ class SpeechFrontEnd:
             return self.energy(audio).amax()
 
 
+def deltas(x: torch.Tensor, width: int = 2) -> torch.Tensor:
+    """(..., T, D) regression deltas over +-`width` frames, the edge frames repeated: the textbook dynamic features
+    (sum_k k (x[t+k] - x[t-k]) / 2 sum_k k^2) that classical recognisers append to the cepstra."""
+    edge = (*x.shape[:-2], width, x.shape[-1])
+    padded = torch.cat([x[..., :1, :].expand(edge), x, x[..., -1:, :].expand(edge)], -2)
+    t = x.shape[-2]
+    out = sum(
+        k * (padded[..., width + k : width + k + t, :] - padded[..., width - k : width - k + t, :])
+        for k in range(1, width + 1)
+    )
+    return out / (2.0 * sum(k * k for k in range(1, width + 1)))
+
+
+def with_dynamics(ceps: torch.Tensor, order: int) -> torch.Tensor:
+    """Cepstra with `order` levels of deltas appended (0: static only, 2: c + d + dd)."""
+    parts = [ceps]
+    for _ in range(order):
+        parts.append(deltas(parts[-1]))
+    return torch.cat(parts, -1)
+
+
 def feature_distance(
-    front: SpeechFrontEnd, audio: torch.Tensor, clean: torch.Tensor, peak: torch.Tensor, speech_db: float = 30.0
+    front: SpeechFrontEnd,
+    audio: torch.Tensor,
+    clean: torch.Tensor,
+    peak: torch.Tensor,
+    speech_db: float = 30.0,
+    dynamics: int = 0,
+    whiten: bool = False,
+    per_frame: bool = False,
 ) -> torch.Tensor:
     """Mean squared MFCC distance (cepstra 1..12: c0 is loudness, which CMN and gain control remove) between
     `audio` and the `clean` track, over the frames whose clean energy is within `speech_db` of the loudest one:
-    in pauses recognisers hear silence or noise whatever the features do, so the distance counts where words are."""
+    in pauses recognisers hear silence or noise whatever the features do, so the distance counts where words are.
+
+    `dynamics` appends that many levels of deltas to both (CMN removes a constant cepstral offset, deltas a slowly
+    varying one: what is left is what a c + d + dd recogniser scores); `whiten` divides each dimension by its
+    spread over the clean track's speech frames (the per-dimension variances a diagonal-covariance acoustic model
+    scores in, instead of raw units where c1-c2 dominate); `per_frame` returns the (..., T) distances, zero
+    outside speech, and the speech weights, instead of their mean."""
     with torch.no_grad():
         reference = front.log_mel(clean, peak)
         energy = reference.logsumexp(-1)
         speech = (energy > energy.max() - speech_db * math.log(10.0) / 10.0).float()
         clean_ceps = reference @ front.dct.T
-        clean_ceps = clean_ceps - clean_ceps.mean(-2, keepdim=True)
-    now = front.mfcc(audio, peak)
-    per_frame = (now[..., 1:] - clean_ceps[..., 1:]).pow(2).sum(-1)
-    return (per_frame * speech).sum(-1) / speech.sum(-1).clamp(min=1.0)
+        clean_ceps = with_dynamics((clean_ceps - clean_ceps.mean(-2, keepdim=True))[..., 1:], dynamics)
+        scale = torch.ones_like(clean_ceps[..., :1, :])
+        if whiten:
+            count = speech.sum(-1, keepdim=True).clamp(min=1.0)[..., None]
+            mean = (clean_ceps * speech[..., None]).sum(-2, keepdim=True) / count
+            var = ((clean_ceps - mean).pow(2) * speech[..., None]).sum(-2, keepdim=True) / count
+            scale = var.clamp(min=1e-6).rsqrt()
+    now = with_dynamics(front.mfcc(audio, peak)[..., 1:], dynamics)
+    frames = ((now - clean_ceps) * scale).pow(2).sum(-1) * (12.0 / now.shape[-1])  # in units of 12 cepstra
+    if per_frame:
+        return frames * speech, speech
+    return (frames * speech).sum(-1) / speech.sum(-1).clamp(min=1.0)
