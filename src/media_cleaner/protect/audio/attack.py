@@ -33,7 +33,14 @@ from media_cleaner.protect.audio.features import HOP as FEATURE_HOP
 from media_cleaner.protect.audio.features import SpeechFrontEnd, feature_distance
 from media_cleaner.protect.audio.masking import N_FFT as N_FFT_MASK
 from media_cleaner.protect.audio.masking import istft, mask_shape, sliding_budget_gain
-from media_cleaner.protect.audio.surrogate import HOP, N_FRAMES, SAMPLE_RATE, Prompt, WhisperSurrogate
+from media_cleaner.protect.audio.surrogate import (
+    HOP,
+    N_FRAMES,
+    SAMPLE_RATE,
+    FrozenContext,
+    Prompt,
+    WhisperSurrogate,
+)
 
 
 @dataclass
@@ -69,6 +76,9 @@ class AttackConfig:
     codec_every: int = 4  # steps between passes through the real codec
     check_every: int = 4  # steps between checks of the coded output with the real recogniser (when one is given)
     check_every_holding: int = 8  # ... while the last check still heard at least `holding` of the clean words
+    check_encoder: str = "recogniser"  # the cheap check's encoder pass: recogniser (faster-whisper's own, int8) |
+    # surrogate (the surrogate's float32 encoder output, content positions recomputed on the frozen padding, decoded
+    # by faster-whisper greedily; the confirmation always runs the recogniser as the evaluator does)
     holding: float = 0.5
     stop_wer: float = 1.0  # ... which stop the optimisation once its WER against the clean transcript reaches this
     stop_recovered: float = 0.1  # ... and at most this share of the clean transcript's words is still heard
@@ -289,12 +299,15 @@ class WhisperAttack:
             from the surrogate (its own detection is a second 30 s encoder pass, as costly as the transcription)."""
             assert listen is not None
             language = None
+            delivered = np.pad(audio.detach().cpu().numpy(), (cfg.priming_delay, 0))
+            if not exact and check_context is not None:
+                return _hear_on_surrogate(s, listen, delivered, check_context)
             if not exact:
                 with torch.no_grad():
                     mel = s.window_mel(s.features(audio.detach()[None]), windows[0].seek)
                     content = s.encode_content(mel, contexts[0])
                     language = s.detect_language(torch.cat([content, contexts[0].tail], 1))[0]
-            return listen(np.pad(audio.detach().cpu().numpy(), (cfg.priming_delay, 0)), exact, language)
+            return listen(delivered, exact, language)
 
         check()
         with torch.no_grad():
@@ -309,6 +322,11 @@ class WhisperAttack:
             coded_features = s.features((base + 0.0)[None])
             # The padded part of each window, fixed from the coded clean track (see surrogate.py).
             contexts = [s.frozen_context(s.window_mel(coded_features, w.seek), w.content) for w in windows]
+            check_context = None  # the same for the cheap check's first window, as delivered (priming delay first)
+            if listen is not None and cfg.check_encoder == "surrogate" and hasattr(listen, "encoded"):
+                primed = torch.nn.functional.pad(base + 0.0, (cfg.priming_delay, 0))
+                first = plan_windows(primed.shape[0])[0]
+                check_context = s.frozen_context(s.window_mel(s.features(primed[None]), 0), first.content)
             if clean_heard is not None:  # what the recogniser hears on the coded clean track: language, transcript
                 languages = [cfg.language or clean_heard.language] * len(windows)
                 texts = [(clean_heard.text_between(*_span(w)), _token_limit(w)) for w in windows]
@@ -537,6 +555,25 @@ class WhisperAttack:
             now = s.greedy_text(full, decoding[i][-1], max_tokens=limit)[0][:limit]
             if now and now not in targets[i] and len(targets[i]) < cfg.max_targets:
                 targets[i].append(now)
+
+
+def _hear_on_surrogate(s: WhisperSurrogate, listen, delivered: np.ndarray, ctx: FrozenContext) -> Heard:  # noqa: ANN001
+    """The cheap check with the surrogate's encoder output for the delivered track's first window (its content
+    positions recomputed over the frozen padding of the coded clean track) and its language detection, decoded by
+    the real recogniser (`listen.encoded`); any other window the recogniser encodes itself."""
+    with torch.no_grad():
+        mel = s.window_mel(s.features(torch.from_numpy(delivered).to(s.device)[None]), 0)
+        content = s.encode_content(mel, ctx)
+        language = s.detect_language_content(content, ctx)[0]
+        full = torch.cat([content, ctx.tail], 1)
+    first, out = mel[0].float().cpu().numpy(), full.float().cpu().numpy()
+
+    def encoder(window: np.ndarray) -> np.ndarray | None:
+        # faster-whisper's own log-mel of the window equals ours to ~1e-5; any other window differs by far more.
+        same = window.shape == first.shape and float(np.abs(window - first).max()) < 0.05
+        return out if same else None
+
+    return listen.encoded(delivered, language, encoder)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:

@@ -9,7 +9,11 @@ the attack stops.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -51,10 +55,17 @@ def token_cap(samples: int) -> int:
 
 
 class FasterWhisperCheck:
-    """`check(audio16) -> Heard`; the model is loaded on the first call and kept."""
+    """`check(audio16) -> Heard`; the model is loaded on the first call and kept.
+
+    A repeated full decode of the same audio (a redraw of a sampled confirmation) reuses that audio's deterministic
+    parts, the encoder passes, language detection and the temperature-0 beam search, and draws only the sampled
+    temperatures afresh: the same outcome distribution as a fresh run of the evaluator, without paying for what
+    cannot change."""
 
     def __init__(self, model_dir: str, threads: int = 1) -> None:
         self.model_dir, self.threads = model_dir, threads
+        self._memo_key: bytes | None = None
+        self._memo: dict[Any, Any] = {}
 
     def __call__(self, audio: np.ndarray, exact: bool = True, language: str | None = None) -> Heard:
         """`exact`: the evaluator's decoding (beam 5, temperature fallback, language detection); else greedy at
@@ -62,11 +73,89 @@ class FasterWhisperCheck:
         under `language` when given (detection is a second encoder pass)."""
         if audio.size == 0:
             return Heard("", language or "en")
-        options = {} if exact else {"temperature": 0.0, "language": language, "max_new_tokens": token_cap(audio.size)}
-        beam = 5 if exact else 1
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
         model = faster_whisper_model(self.model_dir, self.threads)
-        segments, info = model.transcribe(audio.astype(np.float32), beam_size=beam, **options)
+        if exact:
+            key = hashlib.sha1(audio.tobytes()).digest()
+            if key != self._memo_key:
+                self._memo_key, self._memo = key, {}
+            model = copy.copy(model)  # shares the loaded weights; the evaluator's instance stays untouched
+            model.model = _Deterministic(model.model, self._memo)
+            return self._transcribe(model, audio, beam_size=5)
+        options = {"temperature": 0.0, "language": language, "max_new_tokens": token_cap(audio.size)}
+        return self._transcribe(model, audio, beam_size=1, **options)
+
+    def encoded(self, audio: np.ndarray, language: str, encoder: Callable[[np.ndarray], np.ndarray | None]) -> Heard:
+        """The cheap check (greedy, temperature 0, under `language`) with the encoder output of each window taken
+        from `encoder(mel window) -> (1, 1500, d) array`, or faster-whisper's own where it returns None: the
+        decoding stays the real recogniser's, the 30 s encoder pass (most of a check's cost on a short clip) is
+        left to a caller that has it already."""
+        import ctranslate2
+
+        if audio.size == 0:
+            return Heard("", language)
+        model = copy.copy(faster_whisper_model(self.model_dir, self.threads))
+        own, kept = model.encode, []
+
+        def encode(features: np.ndarray) -> Any:
+            out = encoder(features[0] if features.ndim == 3 else features)
+            if out is None:
+                return own(features)
+            kept.append(np.ascontiguousarray(out, dtype=np.float32))  # the StorageView shares this memory
+            return ctranslate2.StorageView.from_array(kept[-1])
+
+        model.encode = encode
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        return self._transcribe(
+            model, audio, beam_size=1, temperature=0.0, language=language, max_new_tokens=token_cap(audio.size)
+        )
+
+    @staticmethod
+    def _transcribe(model: Any, audio: np.ndarray, **options: Any) -> Heard:
+        segments, info = model.transcribe(audio, **options)
         segments = list(segments)
         parts = [(float(s.start), s.text.strip()) for s in segments]
         sampled = any(s.temperature and s.temperature > 0 for s in segments)
         return Heard(" ".join(t for _, t in parts).strip(), info.language, parts, sampled)
+
+
+class _Deterministic:
+    """A CTranslate2 Whisper whose deterministic calls (encoder, language detection, greedy or beam generation) are
+    answered from `memo` when asked again with the same inputs; sampled generation always runs."""
+
+    def __init__(self, model: Any, memo: dict[Any, Any]) -> None:
+        self._model, self._memo = model, memo
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def _cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def encode(self, features: Any, **kwargs: Any) -> Any:
+        data = np.asarray(features)
+        key = ("encode", data.shape, hashlib.sha1(data.tobytes()).digest(), _frozen(kwargs))
+        # The memo keeps each output alive, so its identity names it in the keys below.
+        return self._cached(key, lambda: self._model.encode(features, **kwargs))
+
+    def detect_language(self, features: Any, **kwargs: Any) -> Any:
+        return self._cached(
+            ("language", id(features), _frozen(kwargs)), lambda: self._model.detect_language(features, **kwargs)
+        )
+
+    def generate(self, features: Any, prompts: Any, **kwargs: Any) -> Any:
+        if kwargs.get("sampling_topk", 1) != 1:  # sampled: a redraw must draw again
+            return self._model.generate(features, prompts, **kwargs)
+        key = ("generate", id(features), _frozen(prompts), _frozen(kwargs))
+        return self._cached(key, lambda: self._model.generate(features, prompts, **kwargs))
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable form of nested call arguments."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value

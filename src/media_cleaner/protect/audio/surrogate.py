@@ -235,6 +235,18 @@ class WhisperSurrogate:
         return [codes[i] for i in best]
 
     @torch.no_grad()
+    def detect_language_content(self, content: torch.Tensor, ctx: FrozenContext) -> list[str]:
+        """`detect_language` of a padded window from its content positions' encoder outputs and the frozen rest:
+        the cross-attention keys/values of the frozen positions are already in `ctx`, so only the content's are
+        projected (the full detection projects all 1500 positions in every decoder layer)."""
+        tok = self.tokenizer
+        sot = torch.full((content.shape[0], 1), tok.sot, device=self.device)
+        ids = torch.tensor(list(tok.all_language_tokens), device=self.device)
+        best = self.logits(self.decode_hidden(sot, content, ctx)[:, -1], ids).argmax(-1).tolist()
+        codes = list(tok.all_language_codes)
+        return [codes[i] for i in best]
+
+    @torch.no_grad()
     def greedy_text(self, features: torch.Tensor, prompt: Prompt, max_tokens: int | None = None) -> list[list[int]]:
         """Greedy transcript tokens per window, without timestamps (the clean target the untargeted loss pushes
         away from). Incremental decoding with openai-whisper's key/value cache."""
