@@ -107,6 +107,8 @@ class AttackConfig:
     feature_whiten: bool = False  # ... each dimension in units of its spread over the clean speech frames
     feature_per_frame: bool = False  # ... the mean over speech frames of log(frame distance + feature_floor), not the
     feature_floor: float = 0.01  # log of the mean: every frame (every word, the short ones too) must move
+    feature_project: bool = False  # ... its gradient stripped of any component against the Whisper terms' (Whisper
+    # first, at every step, instead of only by yielding at a holding check)
     margin_db: float = 0.3
     precision: str = "float32"  # the surrogate's weights: float32 | bfloat16 | auto (bfloat16 where native). bfloat16:
     # ~25% less per step, but 7 clips x seeds 0/1/2 (2 threads): common_voice 80% Whisper with seed 2 (float32: 100%)
@@ -442,13 +444,18 @@ class WhisperAttack:
                 heard_audio = _delay(heard_audio, lag)
             features = s.features(heard_audio[None])
             loss = torch.zeros((), device=device)
+            feature_grad: torch.Tensor | None = None
             if front is not None:
                 # A sub-frame delay for both tracks: the unseen recogniser's frames do not line up with ours.
                 offset = int(torch.randint(0, FEATURE_HOP, (1,), generator=gen))
                 distance, gain = self._feature_gain(
                     front, _delay(base + delta, offset), _delay(clean_track, offset), peak, cfg
                 )
-                loss = loss - feature_weight * gain
+                if cfg.feature_project and feature_weight:
+                    # Its own gradient, to be stripped of any part that works against the Whisper terms below.
+                    feature_grad = torch.autograd.grad(-feature_weight * gain, v, retain_graph=True)[0]
+                else:
+                    loss = loss - feature_weight * gain
                 spent_terms.update(feature_distance=float(distance.detach()), feature_weight=feature_weight)
             greedy = listen is None and untargeted and cfg.retarget_every and step and step % cfg.retarget_every == 0
             for i, (w, ctx, prompt) in enumerate(zip(windows, contexts, prompts, strict=True)):
@@ -464,6 +471,9 @@ class WhisperAttack:
                 last_terms.update(spent_terms)
                 loss = loss + term / len(windows)
             loss.backward()
+            if feature_grad is not None:
+                v.grad = _without_conflict(feature_grad, v.grad) + v.grad
+                feature_grad = None
             opt.step()
             spent["steps"] += time.perf_counter() - step_started
             history.append(float(loss.detach()))
@@ -574,6 +584,15 @@ def _hear_on_surrogate(s: WhisperSurrogate, listen, delivered: np.ndarray, ctx: 
         return out if same else None
 
     return listen.encoded(delivered, language, encoder)
+
+
+def _without_conflict(g: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`g` less its component along `reference` when the two point against each other (a negative dot product),
+    else `g`: a secondary objective's step that, to first order, never undoes the primary one's."""
+    dot = (g * reference).sum()
+    if float(dot) >= 0.0:
+        return g
+    return g - dot / reference.pow(2).sum().clamp(min=1e-30) * reference
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
