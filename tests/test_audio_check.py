@@ -106,6 +106,7 @@ def test_the_surrogate_check_hears_what_the_recogniser_hears_on_a_lost_state(par
     assert lost(clean, check(audio + delta, exact=True), cfg.stop_wer, cfg.stop_recovered)
 
 
+@pytest.mark.slow
 def test_a_redraw_reuses_only_the_deterministic_decoding(parts, shared_data) -> None:
     """Decoding the same audio again as the evaluator does answers the encoder passes, the language detection and
     the temperature-0 beam search from the first decode, and gives the evaluator's own transcript; sampled

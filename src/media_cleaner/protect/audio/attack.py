@@ -76,9 +76,10 @@ class AttackConfig:
     codec_every: int = 4  # steps between passes through the real codec
     check_every: int = 4  # steps between checks of the coded output with the real recogniser (when one is given)
     check_every_holding: int = 8  # ... while the last check still heard at least `holding` of the clean words
-    check_encoder: str = "recogniser"  # the cheap check's encoder pass: recogniser (faster-whisper's own, int8) |
-    # surrogate (the surrogate's float32 encoder output, content positions recomputed on the frozen padding, decoded
-    # by faster-whisper greedily; the confirmation always runs the recogniser as the evaluator does)
+    check_encoder: str = "surrogate"  # the cheap check's encoder pass: surrogate (its float32 encoder output, the
+    # content positions over the frozen padding, decoded greedily by faster-whisper: 7 clips, seed 0, 71 checks, the
+    # same lost verdict as faster-whisper's own encoder 67 times, 3.6x cheaper) | recogniser (faster-whisper's own,
+    # int8, as before); the confirmation always runs the recogniser end to end, as the evaluator does
     holding: float = 0.5
     stop_wer: float = 1.0  # ... which stop the optimisation once its WER against the clean transcript reaches this
     stop_recovered: float = 0.1  # ... and at most this share of the clean transcript's words is still heard
@@ -298,7 +299,8 @@ class WhisperAttack:
 
         def hear(audio: torch.Tensor, exact: bool = True) -> Heard:
             """The recogniser on `audio` as delivered (priming delay first). The cheap check takes the language
-            from the surrogate (its own detection is a second 30 s encoder pass, as costly as the transcription)."""
+            from the surrogate (its own detection is a second 30 s encoder pass, as costly as the transcription) and,
+            with `check_encoder="surrogate"`, the first window's encoder output too (see `_hear_on_surrogate`)."""
             assert listen is not None
             language = None
             delivered = np.pad(audio.detach().cpu().numpy(), (cfg.priming_delay, 0))

@@ -3,8 +3,9 @@ evaluator runs it, on the protected track after the real output codec.
 
 The attack asks it every few steps: it stops as soon as the transcript is lost (most tracks need far fewer steps
 than the hard ones), and what it hears instead (another wording, another language) is the next thing to push away.
-A check decodes greedily at temperature 0; a loss it reports is confirmed with the evaluator's full decoding before
-the attack stops.
+A check decodes greedily at temperature 0 (on the surrogate's encoder output where the attack has it: `encoded`);
+a loss it reports is confirmed with the evaluator's full decoding, faster-whisper's own from end to end, before the
+attack stops.
 """
 
 from __future__ import annotations
