@@ -15,7 +15,7 @@ from media_cleaner.evaluate.speech import load_pcm, normalise
 from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.progress import CancelToken
 from media_cleaner.protect.audio import AttackConfig, create
-from media_cleaner.protect.audio.attack import plan_windows
+from media_cleaner.protect.audio.attack import plan_windows, stalled_config
 from media_cleaner.protect.audio.check import MAX_NEW_TOKENS, FasterWhisperCheck, Heard, lost, token_cap
 from media_cleaner.protect.base import AudioContext
 
@@ -312,6 +312,29 @@ def test_a_stalling_run_turns_the_end_of_text_margin_on(attack, shared_data) -> 
     partly = [("in 1813", False), ("in 1813", False), ("", False), ("in 1912", False), ("in 1813", False)]
     _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=scripted_listen(partly, calls))
     assert figures["stalled_at"] == 8
+
+
+def test_a_stalling_long_transcript_drops_the_end_of_text_terms(attack, shared_data) -> None:
+    """On a transcript of more than `redraw_words` words a stall leaves the budget to the language and transcript
+    terms: end-of-text and no-speech weigh nothing and no margin goes on; `stall_long_language=False` keeps the
+    short-transcript rule (the margin) for every length."""
+    _, prot = attack
+    audio = load_pcm(shared_data / "audio" / "LJ002-0020.wav")
+    sentence = "it will be seen that I did not succeed in my design and that however much I may have met"
+    script = [(sentence, False)] * 5
+    cfg = AttackConfig(steps=9, check_every=2, check_every_holding=2, codec_every=2, stall_after=4)
+    calls: list[bool] = []
+    _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=scripted_listen(script, calls))
+    assert figures["stalled_at"] == 4 and "eot_margin" not in figures["last_window_terms"]
+    stalled = stalled_config(cfg, short=False)
+    assert stalled.eot_weight == stalled.no_speech_weight == stalled.eot_margin_weight == 0.0
+    assert stalled.decoder_weight == cfg.decoder_weight and stalled.language_weight == cfg.language_weight
+    calls.clear()
+    margin = replace(cfg, stall_long_language=False)
+    _, figures = prot._attack.run(audio, margin, codec=lambda d: audio + d, listen=scripted_listen(script, calls))
+    assert figures["stalled_at"] == 4 and "eot_margin" in figures["last_window_terms"]
+    short = stalled_config(cfg, short=True)
+    assert short.eot_margin_weight == cfg.stall_margin_weight and short.eot_weight == cfg.eot_weight
 
 
 def test_a_lost_transcript_is_not_pushed_away_without_push_lost(attack) -> None:

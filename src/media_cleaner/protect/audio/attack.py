@@ -67,6 +67,10 @@ class AttackConfig:
     stall_recovered: float = 0.9  # both on (margin at `stall_margin_weight`, every prompt): from the start they
     stall_margin_weight: float = 1.0  # slowed jfk 16 -> 108 steps and LJ002 16-28 -> 84 (greedy empty, the beam
     # still finds words); on at half the words, grid_lbax4n (seed 1) kept "for now" to the cap (83%)
+    stall_long_language: bool = True  # ... but on a transcript of more than `redraw_words` words the stall drops
+    # the end-of-text and no-speech terms instead, leaving the budget to the language and transcript terms: an empty
+    # transcript against a long confident sentence is the hardest outcome, one language decision the easiest
+    # (LibriSpeech 2412, 35 words, seed 0: 3% at the cap with the margin, 100% at 128 steps without those terms)
     retarget_every: int = 5  # untargeted, without a check: steps between greedy decodes of the current state
     max_targets: int = 3  # transcripts pushed per window: the clean one and those it drifts to
     push_lost: bool = True  # also push away a heard transcript that is already lost (gibberish): it moves the state
@@ -426,8 +430,7 @@ class WhisperAttack:
                     and step >= cfg.stall_after
                     and not cfg.eot_all_prompts
                 ):
-                    # Stalling: aim at the empty transcript under whatever language the recogniser now decodes in.
-                    cfg = replace(cfg, eot_margin_weight=cfg.stall_margin_weight, eot_all_prompts=True)
+                    cfg = stalled_config(cfg, short)
                     stalled_at = step
                 next_check = step + (cfg.check_every_holding if holding else cfg.check_every)
                 heard.append(now.text)
@@ -595,6 +598,16 @@ def _without_conflict(g: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     if float(dot) >= 0.0:
         return g
     return g - dot / reference.pow(2).sum().clamp(min=1e-30) * reference
+
+
+def stalled_config(cfg: AttackConfig, short: bool) -> AttackConfig:
+    """The objective once the checks still hear nearly every word after `stall_after` steps. A short transcript:
+    the end-of-text margin under every language prompt (the empty transcript, whatever language the recogniser now
+    decodes in). A long one (with `stall_long_language`): no end-of-text or no-speech terms at all, so the budget
+    goes to the language decision and the transcript's own tokens."""
+    if cfg.stall_long_language and not short:
+        return replace(cfg, eot_weight=0.0, no_speech_weight=0.0, eot_all_prompts=True)
+    return replace(cfg, eot_margin_weight=cfg.stall_margin_weight, eot_all_prompts=True)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
