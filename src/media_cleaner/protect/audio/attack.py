@@ -110,8 +110,9 @@ class AttackConfig:
     feature_dynamics: int = 0  # transfer: levels of deltas appended to the cepstra (2: c + d + dd, as classical
     # recognisers score; CMN removes a constant cepstral offset, so only the change over time counts)
     feature_whiten: bool = False  # ... each dimension in units of its spread over the clean speech frames. With
-    # dynamics 2 the strongest front end measured alone (PocketSphinx +10 points), but in the loop it took Whisper
-    # below 90% on short clips (LJ002 seed 0, common_voice / grid_lbax4n seed 1): off until that is solved
+    # dynamics 2 the strongest front end measured alone (PocketSphinx +10 points); in the loop, with the yield, seed
+    # 2 gave 80.5% (defaults 77.7%), Whisper minimum 100%, but LJ002 seed 0 fell to 60% on an earlier check: off
+    # until three seeds on the current code say so
     feature_per_frame: bool = False  # ... the mean over speech frames of log(frame distance + feature_floor), not the
     feature_floor: float = 0.01  # log of the mean (measured alone: weaker, 71% against 85% PocketSphinx)
     feature_project: bool = False  # ... its gradient stripped of any component against the Whisper terms' (Whisper
