@@ -432,6 +432,7 @@ class WhisperAttack:
                     recovered >= cfg.stall_recovered
                     and cfg.stall_margin_weight
                     and step >= cfg.stall_after
+                    and stalled_at is None
                     and not cfg.eot_all_prompts
                 ):
                     cfg = stalled_config(cfg, short)
@@ -610,7 +611,7 @@ def stalled_config(cfg: AttackConfig, short: bool) -> AttackConfig:
     decodes in). A long one (with `stall_long_language`): no end-of-text or no-speech terms at all, so the budget
     goes to the language decision and the transcript's own tokens."""
     if cfg.stall_long_language and not short:
-        return replace(cfg, eot_weight=0.0, no_speech_weight=0.0, eot_all_prompts=True)
+        return replace(cfg, eot_weight=0.0, no_speech_weight=0.0)
     return replace(cfg, eot_margin_weight=cfg.stall_margin_weight, eot_all_prompts=True)
 
 

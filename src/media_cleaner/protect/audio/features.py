@@ -116,7 +116,7 @@ def feature_distance(
     dynamics: int = 0,
     whiten: bool = False,
     per_frame: bool = False,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Mean squared MFCC distance (cepstra 1..12: c0 is loudness, which CMN and gain control remove) between
     `audio` and the `clean` track, over the frames whose clean energy is within `speech_db` of the loudest one:
     in pauses recognisers hear silence or noise whatever the features do, so the distance counts where words are.

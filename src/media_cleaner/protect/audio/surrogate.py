@@ -229,10 +229,7 @@ class WhisperSurrogate:
         tok = self.tokenizer
         sot = torch.full((features.shape[0], 1), tok.sot, device=self.device)
         logits = self.model.decoder(sot, features)[:, -1]
-        ids = list(tok.all_language_tokens)
-        best = logits[:, ids].argmax(-1).tolist()
-        codes = list(tok.all_language_codes)
-        return [codes[i] for i in best]
+        return self._best_languages(logits[:, list(tok.all_language_tokens)])
 
     @torch.no_grad()
     def detect_language_content(self, content: torch.Tensor, ctx: FrozenContext) -> list[str]:
@@ -242,9 +239,12 @@ class WhisperSurrogate:
         tok = self.tokenizer
         sot = torch.full((content.shape[0], 1), tok.sot, device=self.device)
         ids = torch.tensor(list(tok.all_language_tokens), device=self.device)
-        best = self.logits(self.decode_hidden(sot, content, ctx)[:, -1], ids).argmax(-1).tolist()
-        codes = list(tok.all_language_codes)
-        return [codes[i] for i in best]
+        return self._best_languages(self.logits(self.decode_hidden(sot, content, ctx)[:, -1], ids))
+
+    def _best_languages(self, scores: torch.Tensor) -> list[str]:
+        """Language codes of the best column per row of (windows, languages) scores, in the tokenizer's order."""
+        codes = list(self.tokenizer.all_language_codes)
+        return [codes[i] for i in scores.argmax(-1).tolist()]
 
     @torch.no_grad()
     def greedy_text(self, features: torch.Tensor, prompt: Prompt, max_tokens: int | None = None) -> list[list[int]]:
