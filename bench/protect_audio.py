@@ -140,6 +140,19 @@ def sliding_worst(original: np.ndarray, protected: np.ndarray, rate: int) -> flo
     return finite(worst, 2)
 
 
+def target_outcome(config: AttackConfig, heard: str) -> dict[str, object]:
+    """For a targeted objective, whether Whisper's transcript of the protected file is the outcome asked for:
+    empty (silence) or the phrase (its WER against the phrase)."""
+    from media_cleaner.evaluate.speech import normalise, wer
+
+    if config.objective == "silence":
+        return {"target_reached": not normalise(heard)}
+    if config.objective == "phrase":
+        miss = round(wer(config.phrase, heard), 4)
+        return {"phrase": config.phrase, "whisper_wer_vs_phrase": miss, "target_reached": miss <= config.phrase_wer}
+    return {}
+
+
 def attack_config(overrides: list[str]) -> AttackConfig:
     """AttackConfig with `name=value` overrides (values parsed as JSON, else kept as text), e.g. steps=60."""
     cfg = AttackConfig()
@@ -186,6 +199,8 @@ def run(levels: list[str], names: set[str] | None, out_path: Path, config: Attac
             forced = forced_language_wer(plain, out_file, settings, reference)
             row = {
                 "clip": name,
+                "objective": protector.config.objective,
+                **target_outcome(protector.config, efficacy["whisper"]["protected_text"]),
                 "file": str(path.relative_to(DATA)),
                 "duration_s": round(duration, 2),
                 "rate": rate,
@@ -258,6 +273,7 @@ def _document(rows: list[dict]) -> dict:
                 float(np.mean([r["whisper_wer_protected_forced_en"] for r in sel])), 4
             ),
             "unseen_wer_original_mean": round(float(np.mean([r["unseen_wer_original"] for r in sel])), 4),
+            "targets_reached": sum(bool(r.get("target_reached")) for r in sel) if "target_reached" in sel[0] else None,
             "realtime_factor_total": round(
                 sum(r["protect_seconds"] for r in sel) / sum(r["duration_s"] for r in sel), 3
             ),

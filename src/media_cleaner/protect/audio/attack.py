@@ -12,8 +12,11 @@ Objectives:
   timestamp, as faster-whisper decodes), of the track's language at language detection, and raise end-of-text
   right after the first timestamp (its log-probability, and its logit's lead over the best text token, under every
   language prompt pushed) plus the no-speech probability (an empty transcript is the best protection);
-- silence: end-of-text after the first timestamp and no-speech only;
-- phrase: teacher-force a chosen phrase.
+- silence: end-of-text after the first timestamp (its log-probability and its logit's lead over the best text
+  token, under the track's language and the latest the recogniser drifted to) and no-speech; stops once the
+  recogniser hears nothing;
+- phrase: teacher-force a chosen phrase (then end-of-text) under the track's language, whose detection is held;
+  stops once the recogniser hears the phrase (within `phrase_wer`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from media_cleaner.evaluate.speech import normalise, words_recovered
+from media_cleaner.evaluate.speech import normalise, wer, words_recovered
 from media_cleaner.protect.audio.check import Heard, lost
 from media_cleaner.protect.audio.features import HOP as FEATURE_HOP
 from media_cleaner.protect.audio.features import SpeechFrontEnd, feature_distance
@@ -52,6 +55,7 @@ class AttackConfig:
     lr: float = 0.3
     objective: str = "untargeted"  # untargeted | silence | phrase
     phrase: str = ""
+    phrase_wer: float = 0.0  # phrase: the stop once the recogniser's transcript is this close to the phrase (WER)
     language: str | None = None  # None: detected per window on the clean audio
     decoder_weight: float = 1.0  # untargeted: teacher-forced log-probability of the clean transcript
     language_weight: float = 1.0  # untargeted: log-probability of the track's language at language detection
@@ -190,7 +194,8 @@ class WhisperAttack:
         # End-of-text after <|0.00|> under every language prompt the rows carry (the recogniser decodes under the
         # language it detects, which the language term pushes away from the track's), or the track's only.
         lang = rows[:, 1].tolist()
-        first = [r for r in range(len(lang)) if not r or lang[r] != lang[r - 1]] if cfg.eot_all_prompts else [0]
+        every = cfg.eot_all_prompts or cfg.objective == "silence"
+        first = [r for r in range(len(lang)) if not r or lang[r] != lang[r - 1]] if every else [0]
         after = torch.log_softmax(self.s.logits(hidden[first, prefix - 1]), dim=-1)
         eot_each = after[:, prompt.eot]
         eot = eot_each.mean()
@@ -203,10 +208,15 @@ class WhisperAttack:
             return float(t.detach())
 
         if cfg.objective == "silence":
-            return -(eot + no_speech), {"eot": value(eot), "no_speech": value(no_speech)}
+            # The margin makes end-of-text the greedy and the beam's first choice, not only a likelier one.
+            margin = (after[:, : prompt.eot].amax(-1) - eot_each).clamp(min=-cfg.eot_margin).mean()
+            loss = -(eot + no_speech) + margin
+            return loss, {"eot": value(eot), "no_speech": value(no_speech), "eot_margin": value(margin)}
         if cfg.objective == "phrase":
             phrase = (token_logp * weights).sum(-1)[0] / counts[0].clamp(min=1.0)
-            return -phrase, {"phrase": value(phrase)}
+            # The phrase is taught under the track's language: its detection must stay (held, not pushed past ~95%).
+            language = at_sot[prompt.sot_sequence[1]].clamp(max=-0.05)
+            return -phrase - language, {"phrase": value(phrase), "language": value(language)}
         loss = -cfg.eot_weight * eot - cfg.no_speech_weight * no_speech
         terms = {"eot": value(eot), "no_speech": value(no_speech)}
         if cfg.eot_margin_weight:
@@ -390,8 +400,8 @@ class WhisperAttack:
             delta = istft(shape * torch.complex(v[0], v[1]), n)
             return delta * sliding_budget_gain(delta, signal, SAMPLE_RATE, cfg.snr_db + cfg.margin_db)
 
-        if clean_heard is not None and not clean_heard.text:
-            stopped_at = 0  # nothing recognisable to begin with
+        if clean_heard is not None and reached(cfg, clean_heard, clean_heard, len(windows)):
+            stopped_at = 0  # nothing recognisable to begin with (untargeted, silence)
         for step in range(cfg.steps if stopped_at is None else 0):
             if stopped_at is not None and step >= stopped_at + cfg.margin_steps:
                 break
@@ -407,7 +417,7 @@ class WhisperAttack:
                 assert clean_heard is not None
                 with timed("check"):
                     now = hear(base + delta, exact=False)
-                streak = streak + 1 if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
+                streak = streak + 1 if reached(cfg, clean_heard, now, len(windows)) else 0
                 if streak >= cfg.confirmations:
                     # Confirmed as the evaluator decodes, on the file as delivered when the protector says how.
                     with timed("confirm"):
@@ -418,7 +428,7 @@ class WhisperAttack:
                         for draw in range(1 + (cfg.redraws if short else 0)):
                             draws += bool(draw)
                             now = listen(delivered, True, None)
-                            streak = streak if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
+                            streak = streak if reached(cfg, clean_heard, now, len(windows)) else 0
                             if not streak or not now.sampled:
                                 break
                         # The state most draws found lost (the latest on a tie) is what a capped run returns.
@@ -429,7 +439,8 @@ class WhisperAttack:
                 holding = recovered >= cfg.holding
                 feature_weight *= cfg.feature_yield if holding and step >= cfg.feature_grace else 1.0
                 if (
-                    recovered >= cfg.stall_recovered
+                    cfg.objective == "untargeted"
+                    and recovered >= cfg.stall_recovered
                     and cfg.stall_margin_weight
                     and step >= cfg.stall_after
                     and stalled_at is None
@@ -445,6 +456,8 @@ class WhisperAttack:
                         break
                 if untargeted:
                     retarget = self._push_heard(now, windows, prompts, targets, decoding, cfg, clean_heard)
+                elif cfg.objective == "silence":  # only the language it now decodes in: end-of-text under it too
+                    retarget = self._push_heard(Heard("", now.language), windows, prompts, targets, decoding, cfg)
             step_started = time.perf_counter()
             heard_audio = base + delta
             if cfg.shift:
@@ -603,6 +616,16 @@ def _without_conflict(g: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     if float(dot) >= 0.0:
         return g
     return g - dot / reference.pow(2).sum().clamp(min=1e-30) * reference
+
+
+def reached(cfg: AttackConfig, clean: Heard, now: Heard, windows: int = 1) -> bool:
+    """Whether `now` (what the recogniser hears) is the outcome `cfg` aims at: the clean transcript lost
+    (untargeted), nothing heard (silence), or the phrase once per window within `phrase_wer` (phrase)."""
+    if cfg.objective == "silence":
+        return not normalise(now.text)
+    if cfg.objective == "phrase":
+        return bool(now.text) and wer(" ".join([cfg.phrase] * windows), now.text) <= cfg.phrase_wer
+    return lost(clean, now, cfg.stop_wer, cfg.stop_recovered)
 
 
 def stalled_config(cfg: AttackConfig, short: bool) -> AttackConfig:

@@ -102,8 +102,13 @@ class WhisperAudioProtector:
                 model_dir = str(self.registry.resolve("whisper-base-ct2"))
                 self._listen = FasterWhisperCheck(model_dir, self.settings.torch_threads or 1)
 
-    def config_for(self, level: str) -> AttackConfig:
-        return replace(self.config, snr_db=LEVEL_SNR_DB[level], steps=self.config.extra.get(level, LEVEL_STEPS[level]))
+    def config_for(self, level: str, objective: str | None = None, phrase: str = "") -> AttackConfig:
+        """The attack at `level`; a targeted `objective` asked for by the job (silence, phrase) replaces the
+        protector's own."""
+        cfg = replace(self.config, snr_db=LEVEL_SNR_DB[level], steps=self.config.extra.get(level, LEVEL_STEPS[level]))
+        if objective and objective != "untargeted":
+            cfg = replace(cfg, objective=objective, phrase=phrase)
+        return cfg
 
     def protect_track(self, pcm: np.ndarray, ctx: AudioContext) -> np.ndarray:
         self.prepare(ctx)
@@ -111,7 +116,7 @@ class WhisperAudioProtector:
         started, cpu_started = time.perf_counter(), time.process_time()
         pcm = np.ascontiguousarray(pcm, dtype=np.float32)
         rate = int(ctx.sample_rate)
-        cfg = self.config_for(ctx.level)
+        cfg = self.config_for(ctx.level, getattr(ctx, "objective", None), getattr(ctx, "phrase", ""))
         protected = pcm.copy()
         groups = channel_groups(pcm)
         figures: list[dict[str, Any]] = []
