@@ -8,6 +8,7 @@ by the attack). Prints a table, writes bench/results/protect_audio.json.
     python bench/protect_audio.py                       # every clip, weak level
     python bench/protect_audio.py --levels weak,medium,strong --clips jfk
     python bench/protect_audio.py --clips english --set steps=80 --set stop_wer=1.0   # AttackConfig overrides
+    python bench/protect_audio.py --clips jfk --reencode aac_64k,opus_48k   # also scored after a second encoding
 """
 
 from __future__ import annotations
@@ -153,6 +154,33 @@ def target_outcome(config: AttackConfig, heard: str) -> dict[str, object]:
     return {}
 
 
+def reencode_efficacy(
+    plain: Path, protected: Path, names: list[str], settings, efficacy: dict, reference: str | None, cache: dict
+) -> dict[str, dict]:
+    """Both recognisers' WER on each named re-encoding (evaluate.reencode) of the protection-off and the protected
+    file. Reference as `speech_efficacy` takes it: the given one, else each recogniser's own transcript of the
+    protection-off file as delivered. `cache` keeps the protection-off transcripts across levels of one clip."""
+    from media_cleaner.evaluate.reencode import reencode
+    from media_cleaner.evaluate.speech import sphinx_transcribe, wer, whisper_transcribe
+
+    refs = {k: reference if reference is not None else efficacy[k]["original_text"] for k in ("whisper", "unseen")}
+    out: dict[str, dict] = {}
+    for name in names:
+        if name not in cache:
+            pcm = reencode(plain, name)
+            cache[name] = (whisper_transcribe(pcm, settings), sphinx_transcribe(pcm))
+        pcm = reencode(protected, name)
+        (w_o, s_o), w_p, s_p = cache[name], whisper_transcribe(pcm, settings), sphinx_transcribe(pcm)
+        out[name] = {
+            "whisper_wer_original": round(wer(refs["whisper"], w_o), 4),
+            "whisper_wer_protected": round(wer(refs["whisper"], w_p), 4),
+            "unseen_wer_original": round(wer(refs["unseen"], s_o), 4),
+            "unseen_wer_protected": round(wer(refs["unseen"], s_p), 4),
+            "whisper_protected_text": w_p,
+        }
+    return out
+
+
 def attack_config(overrides: list[str]) -> AttackConfig:
     """AttackConfig with `name=value` overrides (values parsed as JSON, else kept as text), e.g. steps=60."""
     cfg = AttackConfig()
@@ -174,7 +202,13 @@ def attack_config(overrides: list[str]) -> AttackConfig:
     return cfg
 
 
-def run(levels: list[str], names: set[str] | None, out_path: Path, config: AttackConfig | None = None) -> list[dict]:
+def run(
+    levels: list[str],
+    names: set[str] | None,
+    out_path: Path,
+    config: AttackConfig | None = None,
+    reencodings: list[str] | None = None,
+) -> list[dict]:
     settings = load_settings(torch_threads=int(os.environ.get("BENCH_THREADS", "2")))
     protector = create(settings, ModelRegistry(settings), config)
     rows: list[dict] = []
@@ -185,6 +219,7 @@ def run(levels: list[str], names: set[str] | None, out_path: Path, config: Attac
         pcm, rate = decode_native(path)
         duration = pcm.shape[1] / rate
         plain = encode_aac(pcm, rate, work / f"{name}_off.m4a", settings.audio_bitrate)
+        reencoded_off: dict = {}  # the protection-off file's transcripts per re-encoding, shared by the levels
         for level in levels:
             ctx = AudioContext(
                 settings=settings, level=level, sample_rate=rate, channels=pcm.shape[0], cancel=CancelToken()
@@ -233,8 +268,18 @@ def run(levels: list[str], names: set[str] | None, out_path: Path, config: Attac
                 "stalled_at": [g.get("stalled_at") for g in ctx.stats.get("groups", [])],
                 "efficacy": efficacy,
             }
+            if reencodings:
+                row["reencode"] = reencode_efficacy(
+                    plain, out_file, reencodings, settings, efficacy, reference, reencoded_off
+                )
             rows.append(row)
             print(_line(row), flush=True)
+            for key, r in row.get("reencode", {}).items():
+                print(
+                    f"  {key:<12} W {r['whisper_wer_original']:.2f} -> {r['whisper_wer_protected']:.2f}   "
+                    f"PS {r['unseen_wer_original']:.2f} -> {r['unseen_wer_protected']:.2f}",
+                    flush=True,
+                )
             out_path.parent.mkdir(parents=True, exist_ok=True)
             out_path.write_text(json.dumps(_document(rows), indent=2))
     return rows
@@ -278,6 +323,9 @@ def _document(rows: list[dict]) -> dict:
                 sum(r["protect_seconds"] for r in sel) / sum(r["duration_s"] for r in sel), 3
             ),
         }
+        keys = sorted({k for r in sel for k in r.get("reencode", {})})
+        if keys:
+            summary[level]["reencode"] = {k: _reencode_summary([r["reencode"][k] for r in sel]) for k in keys}
     return {
         "what": "audio protection on the AAC-encoded output (PyAV, settings.audio_bitrate)",
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
@@ -286,16 +334,32 @@ def _document(rows: list[dict]) -> dict:
     }
 
 
+def _reencode_summary(scores: list[dict]) -> dict[str, float]:
+    out: dict[str, float] = {"clips": len(scores)}
+    for key in ("whisper_wer_original", "whisper_wer_protected", "unseen_wer_original", "unseen_wer_protected"):
+        values = [s[key] for s in scores]
+        out[f"{key}_mean"], out[f"{key}_min"] = round(float(np.mean(values)), 4), min(values)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="weak")
     parser.add_argument("--clips", default="", help="comma-separated clip names (default: all)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "protect_audio.json"))
     parser.add_argument("--set", action="append", default=[], help="AttackConfig override name=value (repeatable)")
+    parser.add_argument("--reencode", default="", help="also score re-encodings, e.g. aac_64k,opus_48k (or 'all')")
     args = parser.parse_args()
     print(HEADER)
     names = set(filter(None, args.clips.split(","))) or None
-    rows = run(args.levels.split(","), names, Path(args.out), attack_config(args.set))
+    reencodings = list(filter(None, args.reencode.split(",")))
+    if reencodings:
+        from media_cleaner.evaluate.reencode import available
+
+        reencodings = available() if reencodings == ["all"] else reencodings
+        if set(reencodings) - set(available()):  # fail before the long protection runs, not after
+            parser.error(f"--reencode: unknown or unavailable {sorted(set(reencodings) - set(available()))}")
+    rows = run(args.levels.split(","), names, Path(args.out), attack_config(args.set), reencodings)
     print(json.dumps(_document(rows)["summary"], indent=2))
 
 
