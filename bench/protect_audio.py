@@ -144,10 +144,10 @@ def sliding_worst(original: np.ndarray, protected: np.ndarray, rate: int) -> flo
 def target_outcome(config: AttackConfig, heard: str) -> dict[str, object]:
     """For a targeted objective, whether Whisper's transcript of the protected file is the outcome asked for:
     empty (silence) or the phrase (its WER against the phrase)."""
-    from media_cleaner.evaluate.speech import normalise, wer
+    from media_cleaner.evaluate.speech import wer
 
     if config.objective == "silence":
-        return {"target_reached": not normalise(heard)}
+        return {"target_reached": not any(ch.isalnum() for ch in heard)}
     if config.objective == "phrase":
         miss = round(wer(config.phrase, heard), 4)
         return {"phrase": config.phrase, "whisper_wer_vs_phrase": miss, "target_reached": miss <= config.phrase_wer}

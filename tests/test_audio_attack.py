@@ -15,7 +15,7 @@ from media_cleaner.evaluate.speech import load_pcm, normalise
 from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.progress import CancelToken
 from media_cleaner.protect.audio import AttackConfig, create
-from media_cleaner.protect.audio.attack import plan_windows, stalled_config
+from media_cleaner.protect.audio.attack import plan_windows, reached, stalled_config
 from media_cleaner.protect.audio.check import MAX_NEW_TOKENS, FasterWhisperCheck, Heard, lost, token_cap
 from media_cleaner.protect.base import AudioContext
 
@@ -389,3 +389,53 @@ def test_a_bfloat16_surrogate_agrees_with_float32(attack, shared_data) -> None:
     # The same words (bfloat16 may punctuate differently: "1 2 3" / "1, 2, 3.").
     assert normalise(s32.tokenizer.decode(texts[0])) == normalise(s32.tokenizer.decode(texts[1]))
     assert float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)) > 0.8
+
+
+def test_reached_reads_each_objective() -> None:
+    """Untargeted: the clean transcript lost; silence: nothing heard; phrase: the phrase heard (once per window)."""
+    clean = Heard("In 1813.", "en")
+    gibberish = Heard("Bimblø af tyner", "no")
+    untargeted, silence = AttackConfig(), AttackConfig(objective="silence")
+    phrase = AttackConfig(objective="phrase", phrase="The weather is nice today.")
+    assert reached(untargeted, clean, gibberish) and not reached(untargeted, clean, clean)
+    assert not reached(silence, clean, gibberish) and reached(silence, clean, Heard(" ... ", "en"))
+    assert reached(phrase, clean, Heard("the weather is nice today", "en"))
+    assert not reached(phrase, clean, Heard("The weather is nice.", "en")) and not reached(phrase, clean, gibberish)
+    assert reached(replace(phrase, phrase_wer=0.25), clean, Heard("The weather is nice.", "en"))
+    assert reached(phrase, clean, Heard("The weather is nice today. The weather is nice today.", "en"), windows=2)
+
+
+@pytest.mark.parametrize(
+    ("objective", "script", "stop"),
+    [
+        # Silence: gibberish is lost for the untargeted goal but not silent: the run goes on until nothing is heard.
+        ("silence", ["in 1813", "xy zz", "xy zz", "", "", ""], 8),
+        # Phrase: only the phrase counts (a word missing at step 8 is not it), in two checks in a row and then in
+        # the evaluator's decoding.
+        (
+            "phrase",
+            ["in 1813", "", "hello there", "the weather is nice today", "Weather is nice today.", "in 1813"]
+            + ["the weather is nice today"] * 3,
+            14,
+        ),
+    ],
+)
+def test_a_targeted_run_stops_on_its_own_goal(attack, shared_data, objective: str, script: list[str], stop: int):
+    """The stop follows the objective: checks every 2 steps, two in a row plus the evaluator's decoding."""
+    _, prot = attack
+    audio = load_pcm(shared_data / "audio" / "LJ002-0020.wav")
+    calls: list[bool] = []
+    listen = scripted_listen([(t, False) for t in script], calls)
+    cfg = AttackConfig(
+        objective=objective,
+        phrase="The weather is nice today" if objective == "phrase" else "",
+        steps=20,
+        check_every=2,
+        check_every_holding=2,
+        codec_every=2,
+        confirmations=2,
+    )
+    _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=listen)
+    assert figures["stopped_at"] == stop and figures["steps_run"] == stop, figures
+    assert calls[-1] is True and calls.count(True) == 2  # the clean track, then the one confirming decode
+    assert figures["last_window_terms"].keys() >= ({"eot_margin"} if objective == "silence" else {"phrase"})

@@ -622,7 +622,7 @@ def reached(cfg: AttackConfig, clean: Heard, now: Heard, windows: int = 1) -> bo
     """Whether `now` (what the recogniser hears) is the outcome `cfg` aims at: the clean transcript lost
     (untargeted), nothing heard (silence), or the phrase once per window within `phrase_wer` (phrase)."""
     if cfg.objective == "silence":
-        return not normalise(now.text)
+        return not any(ch.isalnum() for ch in now.text)  # punctuation alone ("...") is nothing heard
     if cfg.objective == "phrase":
         return bool(now.text) and wer(" ".join([cfg.phrase] * windows), now.text) <= cfg.phrase_wer
     return lost(clean, now, cfg.stop_wer, cfg.stop_recovered)
