@@ -97,6 +97,8 @@ def test_defaults_come_from_settings(settings: Settings, clip: Path) -> None:
         "epsilon": 0.05,
         "pixel_bound": round(0.05 * 0.226 * 255, 4),
         "audio_level": "medium",
+        "audio_objective": "untargeted",
+        "audio_phrase": "",
         "protect_video": True,
         "protect_audio": True,
     }
@@ -131,6 +133,7 @@ def test_empty_file_is_400(client: TestClient, tmp_path: Path) -> None:
         {"epsilon": "1.5"},
         {"epsilon": "abc"},
         {"audio_level": "loud"},
+        {"audio_objective": "phrase"},
         {"protect_video": "maybe"},
         {"user_id": "x" * 200},
     ],

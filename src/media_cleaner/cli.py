@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from media_cleaner import __version__
-from media_cleaner.config import AUDIO_LEVEL_ALIASES, Settings, load_settings
+from media_cleaner.config import AUDIO_LEVEL_ALIASES, AUDIO_OBJECTIVE_ALIASES, Settings, load_settings
 from media_cleaner.errors import Cancelled, MediaCleanerError
 
 EXTENSIONS = ("media_cleaner.worker.cli", "media_cleaner.api.cli", "media_cleaner.cluster.cli")
@@ -36,6 +36,12 @@ def _audio_level(value: str) -> str:
     return value
 
 
+def _audio_objective(value: str) -> str:
+    if value.strip().lower() not in AUDIO_OBJECTIVE_ALIASES:
+        raise argparse.ArgumentTypeError(f"expected one of: {', '.join(AUDIO_OBJECTIVE_ALIASES)}")
+    return value
+
+
 # ---------------------------------------------------------------- protect
 
 
@@ -45,6 +51,16 @@ def _add_protect(sub: Any) -> None:
     p.add_argument("-o", "--output", type=Path, help="output file (default: <stem>_protected.<ext> next to input)")
     p.add_argument("--epsilon", type=float, help="video L-inf bound, ImageNet-normalised units (default from config)")
     p.add_argument("--audio-level", type=_audio_level, help="weak/medium/strong or слабый/средний/сильный")
+    p.add_argument(
+        "--audio-objective",
+        type=_audio_objective,
+        default="untargeted",
+        help="what speech recognisers should hear: untargeted (the true words lost, default), silence, or phrase"
+        " (the text of --audio-phrase); also нецелевая/тишина/фраза",
+    )
+    p.add_argument(
+        "--audio-phrase", default="", help="the phrase recognisers should hear (with --audio-objective phrase)"
+    )
     p.add_argument("--no-video", action="store_true", help="leave frames untouched (re-encode only)")
     p.add_argument("--no-audio", action="store_true", help="leave audio untouched (stream copy)")
     p.add_argument("--keep-metadata", action="store_true", help="keep location/device/creation tags")
@@ -70,6 +86,8 @@ def _protect(args: argparse.Namespace, settings: Settings) -> int:
     options = ProtectionOptions(
         epsilon=settings.default_video_epsilon if args.epsilon is None else args.epsilon,
         audio_level=args.audio_level or settings.default_audio_level,
+        audio_objective=args.audio_objective,
+        audio_phrase=args.audio_phrase,
         protect_video=not args.no_video,
         protect_audio=not args.no_audio,
         keep_metadata=args.keep_metadata or settings.keep_metadata,
@@ -126,6 +144,10 @@ def _print_summary(report: dict[str, Any]) -> None:
         f"  epsilon {params['epsilon']} (<= {params['pixel_bound']} levels of 255), audio {params['audio_level']},"
         f" crf {params['crf']}"
     )
+    objective = params.get("audio_objective")
+    if objective and objective != "untargeted":
+        target = f" {params.get('audio_phrase')!r}" if objective == "phrase" else ""
+        lines.append(f"  audio objective: {objective}{target}")
     if video.get("identical"):
         lines.append(f"  video perturbation: none ({video.get('reason', 'unchanged')})")
     elif video:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,50 @@ def normalise_audio_level(value: str) -> AudioLevel:
         allowed = ", ".join(AUDIO_LEVEL_ALIASES)
         raise ValueError(f"unknown audio level {value!r}; expected one of: {allowed}")
     return AUDIO_LEVEL_ALIASES[key]
+
+
+AudioObjective = Literal["untargeted", "silence", "phrase"]
+
+# What the speech attack aims for: the true transcript lost (untargeted), nothing heard, or a chosen phrase heard.
+AUDIO_OBJECTIVE_ALIASES: dict[str, AudioObjective] = {
+    "untargeted": "untargeted",
+    "silence": "silence",
+    "phrase": "phrase",
+    "нецелевая": "untargeted",
+    "тишина": "silence",
+    "фраза": "phrase",
+}
+AUDIO_PHRASE_MAX_CHARS = 200
+
+
+def normalise_audio_objective(value: str) -> AudioObjective:
+    """Map `untargeted/silence/phrase` or `нецелевая/тишина/фраза` (any case) to the canonical English name."""
+    key = str(value).strip().lower()
+    if key not in AUDIO_OBJECTIVE_ALIASES:
+        allowed = ", ".join(AUDIO_OBJECTIVE_ALIASES)
+        raise ValueError(f"unknown audio objective {value!r}; expected one of: {allowed}")
+    return AUDIO_OBJECTIVE_ALIASES[key]
+
+
+def check_audio_target(objective: str, phrase: str | None) -> tuple[AudioObjective, str]:
+    """The canonical (objective, phrase) pair, or ValueError.
+
+    `phrase` needs a non-empty phrase of at most AUDIO_PHRASE_MAX_CHARS printable characters (stripped); a phrase
+    with any other objective is refused, so a mistyped objective never runs silently as something else.
+    """
+    canonical = normalise_audio_objective(objective)
+    text = (phrase or "").strip()
+    if canonical != "phrase":
+        if text:
+            raise ValueError(f"audio phrase given but the audio objective is {canonical!r}; use objective 'phrase'")
+        return canonical, ""
+    if not text:
+        raise ValueError("audio objective 'phrase' needs a non-empty audio phrase")
+    if len(text) > AUDIO_PHRASE_MAX_CHARS:
+        raise ValueError(f"audio phrase is {len(text)} characters long; at most {AUDIO_PHRASE_MAX_CHARS} allowed")
+    if any(unicodedata.category(ch) in ("Cc", "Cs", "Cn") for ch in text):  # Cf stays: joiners belong in scripts
+        raise ValueError("audio phrase must not contain control characters (newlines, tabs...) or unassigned ones")
+    return canonical, text
 
 
 class Settings(BaseSettings):

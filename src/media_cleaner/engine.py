@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from media_cleaner.config import AudioLevel, Settings, load_settings, normalise_audio_level
+from media_cleaner.config import (
+    AudioLevel,
+    AudioObjective,
+    Settings,
+    check_audio_target,
+    load_settings,
+    normalise_audio_level,
+)
 from media_cleaner.errors import MediaCleanerError
 from media_cleaner.progress import CancelToken, ProgressCallback, no_progress, scaled
 
@@ -28,6 +35,9 @@ if TYPE_CHECKING:  # protect/ imports torch at run time in its implementations; 
 class ProtectionOptions:
     epsilon: float = 0.12  # L-inf bound in ImageNet-normalised units; x 57.6 = 8-bit levels
     audio_level: AudioLevel = "weak"
+    # untargeted: the true transcript is lost; silence: nothing is heard; phrase: `audio_phrase` is heard instead
+    audio_objective: AudioObjective = "untargeted"
+    audio_phrase: str = ""
     protect_video: bool = True
     protect_audio: bool = True
     keep_metadata: bool = False
@@ -37,6 +47,7 @@ class ProtectionOptions:
 
     def __post_init__(self) -> None:
         self.audio_level = normalise_audio_level(self.audio_level)
+        self.audio_objective, self.audio_phrase = check_audio_target(self.audio_objective, self.audio_phrase)
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError(f"epsilon must be within [0, 1], got {self.epsilon}")
 
@@ -160,6 +171,8 @@ def _run(
             "epsilon": options.epsilon,
             "pixel_bound": round(options.pixel_bound, 3),
             "audio_level": options.audio_level,
+            "audio_objective": options.audio_objective,
+            "audio_phrase": options.audio_phrase,
             "protect_video": options.protect_video,
             "protect_audio": options.protect_audio,
             "keep_metadata": options.keep_metadata,
@@ -426,6 +439,8 @@ def _protect_audio(
         ctx = AudioContext(
             settings=settings,
             level=options.audio_level,
+            objective=options.audio_objective,
+            phrase=options.audio_phrase,
             sample_rate=rate,
             channels=pcm.shape[0],
             cancel=cancel,

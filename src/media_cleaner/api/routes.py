@@ -21,7 +21,7 @@ from media_cleaner.api.errors import NOT_FOUND, ApiError
 from media_cleaner.api.maintenance import run_cleanup
 from media_cleaner.api.schemas import CleanupResult, ErrorBody, Health, Ready, Stats, TaskList, TaskOut, UploadAccepted
 from media_cleaner.api.uploads import receive_upload
-from media_cleaner.config import normalise_audio_level
+from media_cleaner.config import check_audio_target, normalise_audio_level
 from media_cleaner.errors import InvalidMediaError, UnsupportedMediaError
 from media_cleaner.jobs import DuplicateIdempotencyKey, Task, TaskStatus, iso, utcnow
 from media_cleaner.jobs.webhooks import WebhookTargetError, check_target
@@ -61,6 +61,8 @@ def task_out(task: Task) -> dict[str, Any]:
             "epsilon": task.epsilon,
             "pixel_bound": round(task.epsilon * 0.226 * 255.0, 4),
             "audio_level": task.audio_level,
+            "audio_objective": task.audio_objective or "untargeted",
+            "audio_phrase": task.audio_phrase or "",
             "protect_video": task.protect_video,
             "protect_audio": task.protect_audio,
         },
@@ -112,9 +114,16 @@ def _upload_parameters(ctx: AppContext, fields: dict[str, str]) -> dict[str, Any
         level = normalise_audio_level(raw_level) if raw_level else settings.default_audio_level
     except ValueError as exc:
         raise ApiError(422, "validation_error", f"audio_level: {exc}") from None
+    raw_objective = (fields.get("audio_objective") or "").strip() or "untargeted"
+    try:
+        objective, phrase = check_audio_target(raw_objective, fields.get("audio_phrase"))
+    except ValueError as exc:
+        raise ApiError(422, "validation_error", f"audio_objective / audio_phrase: {exc}") from None
     return {
         "epsilon": epsilon,
         "audio_level": level,
+        "audio_objective": objective,
+        "audio_phrase": phrase,
         "protect_video": _bool_field(fields, "protect_video", True),
         "protect_audio": _bool_field(fields, "protect_audio", True),
     }
@@ -142,8 +151,8 @@ def _accepted(task: Task, status: int = 202) -> JSONResponse:
     status_code=202,
     response_model=UploadAccepted,
     responses=_ERRORS,
-    summary="Upload a video for protection (multipart: file, epsilon, audio_level, user_id, webhook_url, "
-    "protect_video, protect_audio)",
+    summary="Upload a video for protection (multipart: file, epsilon, audio_level, audio_objective, audio_phrase, "
+    "user_id, webhook_url, protect_video, protect_audio)",
 )
 async def upload(request: Request, who: Who) -> JSONResponse:
     ctx = ctx_of(request)
@@ -230,12 +239,13 @@ async def upload(request: Request, who: Who) -> JSONResponse:
     metrics.upload_bytes.inc(parsed.size)
     metrics.uploads.labels("accepted").inc()
     log.info(
-        "queued %s (%d bytes, user %s) epsilon=%g audio=%s video=%s audio_on=%s",
+        "queued %s (%d bytes, user %s) epsilon=%g audio=%s objective=%s video=%s audio_on=%s",
         task.original_filename,
         task.input_size_bytes,
         task.user_id,
         task.epsilon,
         task.audio_level,
+        task.audio_objective,
         task.protect_video,
         task.protect_audio,
         extra={"task_id": task.id},

@@ -22,6 +22,8 @@ class Parameters(BaseModel):
     epsilon: float
     pixel_bound: float = Field(description="epsilon in 8-bit levels (epsilon x 0.226 x 255)")
     audio_level: str
+    audio_objective: str = Field("untargeted", description="untargeted | silence | phrase")
+    audio_phrase: str = Field("", description="the phrase to be heard when audio_objective is phrase")
     protect_video: bool
     protect_audio: bool
 

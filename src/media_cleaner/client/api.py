@@ -156,17 +156,25 @@ class MediaCleanerClient:
         protect_video: bool | None = None,
         protect_audio: bool | None = None,
         filename: str | None = None,
+        audio_objective: str | None = None,
+        audio_phrase: str | None = None,
     ) -> dict[str, Any]:
         """Upload a video (streamed, never read whole into memory) and queue it; returns the 202 body.
 
         `path` may be an open binary file (then pass `filename`). `progress(sent, total)` is called as bytes go out.
         With an `idempotency_key` a retry after a lost answer attaches to the same task instead of creating another.
+        `audio_objective` is untargeted (default), silence or phrase; phrase needs `audio_phrase`, the text speech
+        recognisers should hear. The server checks both and answers 422 on a bad pair.
         """
         fields: dict[str, str] = {}
         if epsilon is not None:
             fields["epsilon"] = repr(float(epsilon))
         if audio_level is not None:
             fields["audio_level"] = str(audio_level)
+        if audio_objective is not None:
+            fields["audio_objective"] = str(audio_objective)
+        if audio_phrase is not None:
+            fields["audio_phrase"] = str(audio_phrase)
         if user_id is not None or self.user_id is not None:
             fields["user_id"] = str(user_id if user_id is not None else self.user_id)
         if webhook_url is not None:

@@ -194,6 +194,8 @@ class BatchRunner:
         *,
         epsilon: float | None = None,
         audio_level: str | None = None,
+        audio_objective: str | None = None,
+        audio_phrase: str | None = None,
         user_id: str | None = None,
         webhook_url: str | None = None,
         protect_video: bool | None = None,
@@ -216,6 +218,11 @@ class BatchRunner:
             "protect_audio": protect_audio,
             "user_id": user_id,
         }
+        # Added only when given: the params feed each file's task key, and a state file written before these
+        # options existed must still recognise its finished files.
+        for name, value in (("audio_objective", audio_objective), ("audio_phrase", audio_phrase)):
+            if value is not None:
+                self.params[name] = value
         self.webhook_url = webhook_url
         self.download_dir = Path(download_dir) if download_dir else None
         self.wait = wait or self.download_dir is not None
@@ -366,6 +373,8 @@ class BatchRunner:
                 progress=lambda sent, total: self._emit("upload", item, sent, total),
                 protect_video=self.params["protect_video"],
                 protect_audio=self.params["protect_audio"],
+                audio_objective=self.params.get("audio_objective"),
+                audio_phrase=self.params.get("audio_phrase"),
             )
             task_id = str(answer["task_id"])
             if self.state:

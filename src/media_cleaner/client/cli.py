@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("files", nargs="+", metavar="FILE", help="video files or folders of videos")
     up.add_argument("--epsilon", type=float, help="video perturbation strength 0..1 (server default 0.12)")
     up.add_argument("--audio-level", help="weak|medium|strong (or слабый|средний|сильный)")
+    up.add_argument(
+        "--audio-objective",
+        help="untargeted (the true words lost; server default) | silence | phrase (recognisers hear --audio-phrase)",
+    )
+    up.add_argument("--audio-phrase", help="the phrase speech recognisers should hear (with --audio-objective phrase)")
     up.add_argument("--webhook-url", help="URL the server POSTs a signed event to when each task ends")
     up.add_argument("--no-video", action="store_true", help="leave the picture untouched (protect audio only)")
     up.add_argument("--no-audio", action="store_true", help="leave the sound untouched (protect video only)")
@@ -198,6 +203,8 @@ def cmd_upload(client: MediaCleanerClient, args: argparse.Namespace) -> int:
         client,
         epsilon=args.epsilon,
         audio_level=args.audio_level,
+        audio_objective=args.audio_objective,
+        audio_phrase=args.audio_phrase,
         user_id=args.user,
         webhook_url=args.webhook_url,
         protect_video=False if args.no_video else None,

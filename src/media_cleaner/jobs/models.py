@@ -55,6 +55,9 @@ class Task(Base):
     output_size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     epsilon: Mapped[float] = mapped_column(Float)
     audio_level: Mapped[str] = mapped_column(String(16))
+    # Added in migration 0003; the server defaults let rows from before it load as untargeted.
+    audio_objective: Mapped[str] = mapped_column(String(16), default="untargeted", server_default="untargeted")
+    audio_phrase: Mapped[str] = mapped_column(String(256), default="", server_default="")
     protect_video: Mapped[bool] = mapped_column(Boolean, default=True)
     protect_audio: Mapped[bool] = mapped_column(Boolean, default=True)
     webhook_url: Mapped[str | None] = mapped_column(String(2048), default=None)

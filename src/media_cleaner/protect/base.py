@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from media_cleaner.config import AudioLevel, Settings
+from media_cleaner.config import AudioLevel, AudioObjective, Settings
 from media_cleaner.progress import CancelToken, ProgressCallback, no_progress
 
 
@@ -37,6 +37,8 @@ class AudioContext:
     cancel: CancelToken
     stats: dict[str, Any] = field(default_factory=dict)
     progress: ProgressCallback = no_progress  # 0..1 over this track's protection
+    objective: AudioObjective = "untargeted"  # untargeted | silence | phrase (ProtectionOptions.audio_objective)
+    phrase: str = ""  # the phrase to be heard when objective == "phrase", stripped and checked; else ""
 
 
 class VideoProtector(Protocol):

@@ -117,19 +117,22 @@ def run_task(ctx: WorkerContext, task: Task) -> str:
     options = engine.ProtectionOptions(
         epsilon=task.epsilon,
         audio_level=task.audio_level,
+        audio_objective=task.audio_objective or "untargeted",  # a Task built in memory, never flushed, has None
+        audio_phrase=task.audio_phrase or "",
         protect_video=task.protect_video,
         protect_audio=task.protect_audio,
         keep_metadata=ctx.settings.keep_metadata,
         measure_efficacy=ctx.settings.measure_efficacy,
     )
     tlog.info(
-        "start attempt %d on %s: %s (%d bytes) epsilon=%g audio=%s video=%s audio_on=%s",
+        "start attempt %d on %s: %s (%d bytes) epsilon=%g audio=%s objective=%s video=%s audio_on=%s",
         task.attempts,
         ctx.worker_id,
         task.original_filename,
         task.input_size_bytes,
         task.epsilon,
         task.audio_level,
+        task.audio_objective,
         task.protect_video,
         task.protect_audio,
     )

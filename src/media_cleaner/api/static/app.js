@@ -373,6 +373,10 @@
     else {
       fields.audio_level = level;
       fields.protect_audio = 'true';
+      const objective = $('audio-objective').value;
+      fields.audio_objective = objective;
+      // The phrase goes only with its objective: the server refuses a phrase sent with any other one.
+      if (objective === 'phrase') fields.audio_phrase = $('audio-phrase').value.trim();
     }
     return fields;
   }
@@ -438,6 +442,12 @@
       return;
     }
     const fields = uploadFields();
+    if (fields.audio_objective === 'phrase' && !fields.audio_phrase) {
+      showBanner('Please type the phrase speech recognisers should hear, or choose another outcome.');
+      $('speech-outcome').open = true;
+      $('audio-phrase').focus();
+      return;
+    }
     $('submit').disabled = true;
     $('upload-progress').hidden = false;
     $('upload-label').textContent = `Uploading ${file.name}`;
@@ -1057,6 +1067,10 @@
     if (params.epsilon !== undefined) paramEntries.push(['strength (epsilon)', Number(params.epsilon)]);
     if (params.pixel_bound !== undefined) paramEntries.push(['largest pixel change (of 255)', Number(params.pixel_bound)]);
     if (params.audio_level !== undefined) paramEntries.push(['audio level', String(params.audio_level)]);
+    if (params.audio_objective !== undefined) {
+      const heard = params.audio_objective === 'phrase' ? `phrase “${params.audio_phrase || ''}”` : String(params.audio_objective);
+      paramEntries.push(['speech outcome', heard]);
+    }
     if (params.protect_video !== undefined) paramEntries.push(['picture protected', Boolean(params.protect_video)]);
     if (params.protect_audio !== undefined) paramEntries.push(['speech protected', Boolean(params.protect_audio)]);
     if (task.started_at && task.finished_at) {
@@ -1094,6 +1108,12 @@
     setupCompare();
     updateAccount();
     $('upload-form').addEventListener('submit', startUpload);
+    const showPhrase = () => {
+      const wanted = $('audio-objective').value === 'phrase';
+      $('audio-phrase-block').hidden = !wanted;
+    };
+    $('audio-objective').addEventListener('change', showPhrase);
+    showPhrase();
     $('user-id').value = state.userId;
     $('private').open = Boolean(state.userId);
     $('user-id').addEventListener('change', () => {
