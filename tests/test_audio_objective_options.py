@@ -8,6 +8,7 @@ attack's targeted outcomes are tested with the attack itself.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 from collections.abc import Iterator
@@ -350,3 +351,42 @@ def test_client_against_the_real_api(settings: Settings, grid: Path) -> None:
         task_id = client.upload_video(grid, audio_objective="phrase", audio_phrase=PHRASE)["task_id"]
         params = client.get_task(task_id)["parameters"]
     assert (params["audio_objective"], params["audio_phrase"]) == ("phrase", PHRASE)
+
+
+# ------------------------------------------------------------------------------------------------ web page
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright not installed (dev extra)")
+def test_web_page_outcome_select_and_phrase(settings: Settings, grid: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with ServerThread(create_app(settings)) as real, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.set_default_timeout(30_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(real.url + "/")
+        page.get_by_text("What speech recognisers should hear").click()
+        assert not page.locator("#audio-phrase").is_visible()  # only the phrase outcome asks for one
+        page.get_by_label("Outcome").select_option("phrase")
+        assert page.locator("#audio-phrase").is_visible()
+        page.set_input_files("#file-input", str(grid))
+        page.get_by_role("button", name="Protect video").click()  # an empty phrase is explained, not sent
+        assert "type the phrase" in page.inner_text("#banner-text")
+        assert page.evaluate("document.activeElement.id") == "audio-phrase"
+        page.get_by_label("Phrase to be heard").fill(f"  {PHRASE} ")
+        page.get_by_role("button", name="Protect video").click()
+        page.locator("#current").wait_for(state="visible")
+        # A phrase typed and then left behind for another outcome is not sent (the server would refuse the pair).
+        page.get_by_label("Outcome").select_option("silence")
+        page.set_input_files("#file-input", str(grid))
+        page.get_by_role("button", name="Protect video").click()
+        page.wait_for_function("document.getElementById('tasks-body').rows.length === 2")
+        browser.close()
+    tasks = open_store(settings).list(user_id=None, any_user=True)[0]
+    assert sorted((t.audio_objective, t.audio_phrase) for t in tasks) == [("phrase", PHRASE), ("silence", "")]
+    assert errors == []
