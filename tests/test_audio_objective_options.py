@@ -330,6 +330,37 @@ def test_client_sends_objective_fields(server, state, tmp_path: Path) -> None:
     assert state.uploads[-1]["fields"] == {"audio_objective": "silence"}
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--audio-objective", "phrase"], "--audio-objective phrase needs --audio-phrase"),
+        (["--audio-objective", "фраза", "--audio-phrase", "  "], "--audio-objective phrase needs --audio-phrase"),
+        (["--audio-phrase", PHRASE], "--audio-phrase needs --audio-objective phrase"),
+        (["--audio-objective", "silence", "--audio-phrase", PHRASE], "--audio-phrase needs --audio-objective phrase"),
+    ],
+)
+def test_client_cli_refuses_a_bad_pair_before_uploading(
+    server, state, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00" * 4096)
+    assert client_cli_main(["--server", server.url, "--no-progress", "upload", str(video), *args]) == 2
+    assert message in capsys.readouterr().err and state.uploads == []
+
+
+def test_client_cli_unknown_objective_is_explained_by_the_real_api(
+    settings: Settings, grid: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ServerThread(create_app(settings)) as real:
+        code = client_cli_main(
+            ["--server", real.url, "--no-progress", "upload", str(grid), "--audio-objective", "loud"]
+        )
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "unknown audio objective 'loud'" in out and "HTTP 422" in out and "0 ok, 1 failed" in out
+    assert list(settings.path("input").iterdir()) == []
+
+
 def test_batch_task_keys_unchanged_without_objective(server, tmp_path: Path) -> None:
     with MediaCleanerClient(server.url) as client:
         # A state file written before these options existed keys its files on these params: they must not move.

@@ -193,11 +193,26 @@ def _fmt_bytes(n: Any) -> str:
     return str(n)
 
 
+def _objective_pairing_error(objective: str | None, phrase: str | None) -> str | None:
+    """The server checks both fields (and knows the objectives); only the pairing is checked here, before a batch
+    sends whole files to be refused one by one."""
+    wants_phrase = (objective or "").strip().lower() in ("phrase", "фраза")
+    if wants_phrase and not (phrase or "").strip():
+        return "--audio-objective phrase needs --audio-phrase TEXT"
+    if (phrase or "").strip() and not wants_phrase:
+        return "--audio-phrase needs --audio-objective phrase"
+    return None
+
+
 def cmd_upload(client: MediaCleanerClient, args: argparse.Namespace) -> int:
     download = Path(args.download) if args.download else None
     state_path = Path(args.state) if args.state else (download / STATE_FILE_NAME if download else None)
     if args.concurrency < 1:
         print("error: --concurrency must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    pairing = _objective_pairing_error(args.audio_objective, args.audio_phrase)
+    if pairing:
+        print(f"error: {pairing}", file=sys.stderr)
         return EXIT_USAGE
     runner = BatchRunner(
         client,
