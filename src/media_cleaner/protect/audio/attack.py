@@ -12,9 +12,8 @@ Objectives:
   timestamp, as faster-whisper decodes), of the track's language at language detection, and raise end-of-text
   right after the first timestamp (its log-probability, and its logit's lead over the best text token, under every
   language prompt pushed) plus the no-speech probability (an empty transcript is the best protection);
-- silence: end-of-text after the first timestamp (its log-probability and its logit's lead over the best text
-  token, under the track's language and the latest the recogniser drifted to) and no-speech; stops once the
-  recogniser hears nothing;
+- silence: the untargeted terms with end-of-text (its log-probability and its margin under every language prompt)
+  and no-speech at full weight from the first step; stops once the recogniser hears nothing;
 - phrase: teacher-force a chosen phrase (then end-of-text) under the track's language, whose detection is held;
   stops once the recogniser hears the phrase (within `phrase_wer`).
 """
@@ -194,8 +193,7 @@ class WhisperAttack:
         # End-of-text after <|0.00|> under every language prompt the rows carry (the recogniser decodes under the
         # language it detects, which the language term pushes away from the track's), or the track's only.
         lang = rows[:, 1].tolist()
-        every = cfg.eot_all_prompts or cfg.objective == "silence"
-        first = [r for r in range(len(lang)) if not r or lang[r] != lang[r - 1]] if every else [0]
+        first = [r for r in range(len(lang)) if not r or lang[r] != lang[r - 1]] if cfg.eot_all_prompts else [0]
         after = torch.log_softmax(self.s.logits(hidden[first, prefix - 1]), dim=-1)
         eot_each = after[:, prompt.eot]
         eot = eot_each.mean()
@@ -207,11 +205,6 @@ class WhisperAttack:
         def value(t: torch.Tensor) -> float:
             return float(t.detach())
 
-        if cfg.objective == "silence":
-            # The margin makes end-of-text the greedy and the beam's first choice, not only a likelier one.
-            margin = (after[:, : prompt.eot].amax(-1) - eot_each).clamp(min=-cfg.eot_margin).mean()
-            loss = -(eot + no_speech) + margin
-            return loss, {"eot": value(eot), "no_speech": value(no_speech), "eot_margin": value(margin)}
         if cfg.objective == "phrase":
             phrase = (token_logp * weights).sum(-1)[0] / counts[0].clamp(min=1.0)
             # The phrase is taught under the track's language: its detection must stay (held, not pushed past ~95%).
@@ -303,7 +296,10 @@ class WhisperAttack:
         signal = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
         n = signal.shape[0]
         windows = plan_windows(n)
-        untargeted = cfg.objective == "untargeted" and bool(cfg.decoder_weight)
+        if cfg.objective == "silence":
+            cfg = silence_config(cfg)
+        # Silence pushes the words down as the untargeted attack does: see `silence_config`.
+        untargeted = cfg.objective in ("untargeted", "silence") and bool(cfg.decoder_weight)
 
         def coded_base(delta_now: torch.Tensor) -> torch.Tensor:
             """The real output codec, straight-through (BPDA): the forward pass sees exactly what the listener
@@ -456,8 +452,6 @@ class WhisperAttack:
                         break
                 if untargeted:
                     retarget = self._push_heard(now, windows, prompts, targets, decoding, cfg, clean_heard)
-                elif cfg.objective == "silence":  # only the language it now decodes in: end-of-text under it too
-                    retarget = self._push_heard(Heard("", now.language), windows, prompts, targets, decoding, cfg)
             step_started = time.perf_counter()
             heard_audio = base + delta
             if cfg.shift:
@@ -626,6 +620,19 @@ def reached(cfg: AttackConfig, clean: Heard, now: Heard, windows: int = 1) -> bo
     if cfg.objective == "phrase":
         return bool(now.text) and wer(" ".join([cfg.phrase] * windows), now.text) <= cfg.phrase_wer
     return lost(clean, now, cfg.stop_wer, cfg.stop_recovered)
+
+
+def silence_config(cfg: AttackConfig) -> AttackConfig:
+    """The silence objective: the untargeted terms (every transcript heard pushed down, the language away) with
+    end-of-text, its margin under every language prompt, and no-speech at full weight from the first step.
+    faster-whisper drops a window only when its no-speech probability is > 0.6 *and* the decoded text's average
+    log-probability is < -1, and its beam ranks the empty transcript by end-of-text's log-probability against a
+    sentence's *average* per token: pulling end-of-text and no-speech up alone (jfk, 160 steps: no-speech 0.88,
+    end-of-text leading by 2 greedily) left the beam a confident sentence, so the words must lose their
+    probability too."""
+    return replace(
+        cfg, eot_weight=1.0, no_speech_weight=1.0, eot_margin_weight=cfg.stall_margin_weight, eot_all_prompts=True
+    )
 
 
 def stalled_config(cfg: AttackConfig, short: bool) -> AttackConfig:
