@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default=os.environ.get("MEDIA_CLEANER_API_KEY"))
     parser.add_argument("--epsilon", type=float)
     parser.add_argument("--audio-level")
+    parser.add_argument("--audio-objective", help="untargeted (default) | silence | phrase")
+    parser.add_argument("--audio-phrase", help="what speech recognisers should hear with --audio-objective phrase")
     parser.add_argument("--no-video", action="store_true", help="leave the picture untouched")
     parser.add_argument("--no-audio", action="store_true", help="leave the sound untouched")
     parser.add_argument("--concurrency", type=int, default=2)
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             client,
             epsilon=args.epsilon,
             audio_level=args.audio_level,
+            audio_objective=args.audio_objective,
+            audio_phrase=args.audio_phrase,
             protect_video=False if args.no_video else None,
             protect_audio=False if args.no_audio else None,
             download_dir=args.output_dir,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -421,3 +423,15 @@ def test_web_page_outcome_select_and_phrase(settings: Settings, grid: Path) -> N
     tasks = open_store(settings).list(user_id=None, any_user=True)[0]
     assert sorted((t.audio_objective, t.audio_phrase) for t in tasks) == [("phrase", PHRASE), ("silence", "")]
     assert errors == []
+
+
+def test_batch_cron_example_passes_the_objective(server, state, tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    (incoming / "talk.mp4").write_bytes(b"talk" * 1000)
+    example = Path(__file__).resolve().parent.parent / "examples" / "batch_cron.py"
+    cmd = [sys.executable, str(example), str(incoming), str(tmp_path / "out"), "--server", server.url]
+    cmd += ["--poll-interval", "0.1", "--audio-objective", "phrase", "--audio-phrase", PHRASE]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert state.uploads[-1]["fields"] == {"audio_objective": "phrase", "audio_phrase": PHRASE}
