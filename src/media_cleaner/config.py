@@ -62,8 +62,8 @@ def normalise_audio_objective(value: str) -> AudioObjective:
 def check_audio_target(objective: str, phrase: str | None) -> tuple[AudioObjective, str]:
     """The canonical (objective, phrase) pair, or ValueError.
 
-    `phrase` needs a non-empty phrase of at most AUDIO_PHRASE_MAX_CHARS printable characters (stripped); a phrase
-    with any other objective is refused, so a mistyped objective never runs silently as something else.
+    The objective `phrase` needs a phrase: stripped, non-empty, at most AUDIO_PHRASE_MAX_CHARS characters, no control
+    characters. A phrase with any other objective is refused, so a mistyped objective never runs as something else.
     """
     canonical = normalise_audio_objective(objective)
     text = (phrase or "").strip()
