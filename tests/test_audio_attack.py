@@ -408,15 +408,16 @@ def test_reached_reads_each_objective() -> None:
 @pytest.mark.parametrize(
     ("objective", "script", "stop"),
     [
-        # Silence: gibberish is lost for the untargeted goal but not silent: the run goes on until nothing is heard.
-        ("silence", ["in 1813", "xy zz", "xy zz", "", "", ""], 8),
-        # Phrase: only the phrase counts (a word missing at step 8 is not it), in two checks in a row and then in
-        # the evaluator's decoding.
+        # Silence: gibberish is lost for the untargeted goal but not silent: the run goes on until nothing is heard
+        # (the lost state at step 4 is decoded once in full, as the fallback).
+        ("silence", ["in 1813", "xy zz", "xy zz", "xy zz", "", "", ""], 8),
+        # Phrase: only the phrase counts (a word missing at step 6 is not it), in two checks in a row and then in
+        # the evaluator's decoding (the lost state at step 4 decoded in full as the fallback hears it already).
         (
             "phrase",
             ["in 1813", "", "hello there", "the weather is nice today", "Weather is nice today.", "in 1813"]
             + ["the weather is nice today"] * 3,
-            14,
+            12,
         ),
     ],
 )
@@ -437,5 +438,21 @@ def test_a_targeted_run_stops_on_its_own_goal(attack, shared_data, objective: st
     )
     _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=listen)
     assert figures["stopped_at"] == stop and figures["steps_run"] == stop, figures
-    assert calls[-1] is True and calls.count(True) == 2  # the clean track, then the one confirming decode
+    # The clean track, the fallback's decode of the first lost state, the confirming decode.
+    assert calls[-1] is True and calls.count(True) == 3
     assert figures["last_window_terms"].keys() >= ({"eot_margin"} if objective == "silence" else {"phrase"})
+
+
+def test_a_targeted_run_that_misses_its_goal_returns_the_first_lost_state(attack, shared_data) -> None:
+    """Silence never reached within the cap: the run returns the first state the evaluator's decoding found lost
+    (checked once, after two lost checks in a row), so a targeted run is never weaker than the untargeted stop."""
+    _, prot = attack
+    audio = load_pcm(shared_data / "audio" / "LJ002-0020.wav")
+    script = [("in 1813", False), ("xy zz", False), ("xy zz", False), ("qq", False), ("xy", False), ("xy", False)]
+    calls: list[bool] = []
+    listen = scripted_listen(script, calls)
+    cfg = AttackConfig(objective="silence", steps=10, check_every=2, check_every_holding=2, codec_every=2)
+    _, figures = prot._attack.run(audio, cfg, codec=lambda d: audio + d, listen=listen)
+    assert calls == [True, False, False, True, False, False]
+    assert figures["stopped_at"] is None and not figures["target_reached"]
+    assert figures["fallback_step"] == 4 and figures["returned_step"] == 4

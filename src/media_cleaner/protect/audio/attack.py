@@ -388,9 +388,19 @@ class WhisperAttack:
         draws = 0  # extra confirming decodes
         next_check = cfg.check_every
         best: tuple[float, int, np.ndarray] | None = None  # (share of lost draws, step, perturbation)
+        # A targeted run (silence, phrase) that may never reach its goal keeps the first state the evaluator's
+        # decoding finds lost, so it is never weaker than the untargeted attack's stop.
+        fallback: tuple[int, np.ndarray] | None = None
+        lost_streak = 0  # ... consecutive checks that found the clean transcript lost
         spent_terms: dict[str, float] = {}  # terms outside the per-window Whisper loss (the front end's distance)
         feature_weight = cfg.feature_weight
         stalled_at: int | None = None  # the check that turned the end-of-text margin on
+
+        def as_delivered(delta: torch.Tensor) -> np.ndarray:
+            """The 16 kHz audio a recogniser loads from the file written with `delta`."""
+            if deliver is None:
+                return np.pad(_numpy(base + delta), (cfg.priming_delay, 0))
+            return deliver(_numpy(delta))
 
         def perturbation() -> torch.Tensor:
             delta = istft(shape * torch.complex(v[0], v[1]), n)
@@ -414,13 +424,12 @@ class WhisperAttack:
                 with timed("check"):
                     now = hear(base + delta, exact=False)
                 streak = streak + 1 if reached(cfg, clean_heard, now, len(windows)) else 0
+                lost_streak = lost_streak + 1 if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
+                confirmed: Heard | None = None
                 if streak >= cfg.confirmations:
                     # Confirmed as the evaluator decodes, on the file as delivered when the protector says how.
                     with timed("confirm"):
-                        if deliver is None:
-                            delivered = np.pad(_numpy(base + delta), (cfg.priming_delay, 0))
-                        else:
-                            delivered = deliver(_numpy(delta))
+                        delivered = as_delivered(delta)
                         for draw in range(1 + (cfg.redraws if short else 0)):
                             draws += bool(draw)
                             now = listen(delivered, True, None)
@@ -431,6 +440,15 @@ class WhisperAttack:
                         share = (draw + bool(streak)) / (draw + 1)
                         if share and (best is None or share >= best[0]):
                             best = (share, step, _numpy(delta))
+                        confirmed = now
+                if cfg.objective != "untargeted" and fallback is None and lost_streak >= cfg.confirmations:
+                    if confirmed is None:
+                        with timed("confirm"):
+                            confirmed = listen(as_delivered(delta), True, None)
+                    if lost(clean_heard, confirmed, cfg.stop_wer, cfg.stop_recovered):
+                        fallback = (step, _numpy(delta))
+                    else:
+                        lost_streak = 0
                 recovered = words_recovered(clean_heard.text, now.text)
                 holding = recovered >= cfg.holding
                 feature_weight *= cfg.feature_yield if holding and step >= cfg.feature_grace else 1.0
@@ -501,6 +519,8 @@ class WhisperAttack:
         returned = len(history)
         if stopped_at is None and best is not None:
             returned, delta = best[1], best[2]  # the cap came first: the state the confirmation liked best
+        elif stopped_at is None and fallback is not None:
+            returned, delta = fallback  # the goal was never reached: the first state found lost
         figures = {
             "windows": len(windows),
             "window_s": [round(w.frames * HOP / SAMPLE_RATE, 2) for w in windows],
@@ -509,6 +529,8 @@ class WhisperAttack:
             "transcripts_pushed": [len(t) for t in targets],
             "steps_run": len(history),
             "stopped_at": stopped_at,
+            "target_reached": stopped_at is not None or (best is not None and returned == best[1]),
+            "fallback_step": fallback[0] if fallback is not None else None,
             "clean_heard": clean_heard.text if clean_heard is not None else None,
             "heard": heard,
             "redraws": draws,
