@@ -15,7 +15,7 @@ from media_cleaner.evaluate.speech import load_pcm, normalise
 from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.progress import CancelToken
 from media_cleaner.protect.audio import AttackConfig, create
-from media_cleaner.protect.audio.attack import plan_windows, reached, stalled_config
+from media_cleaner.protect.audio.attack import _band_limit, plan_windows, reached, stalled_config
 from media_cleaner.protect.audio.check import MAX_NEW_TOKENS, FasterWhisperCheck, Heard, lost, token_cap
 from media_cleaner.protect.base import AudioContext
 
@@ -456,3 +456,26 @@ def test_a_targeted_run_that_misses_its_goal_returns_the_first_lost_state(attack
     assert calls == [True, False, False, True, False, False]
     assert figures["stopped_at"] is None and not figures["target_reached"]
     assert figures["fallback_step"] == 4 and figures["returned_step"] == 4
+
+
+def test_band_limit_keeps_the_low_band_and_removes_the_high() -> None:
+    t = torch.arange(16000) / 16000.0
+    low, high = torch.sin(2 * torch.pi * 1000 * t), torch.sin(2 * torch.pi * 6000 * t)
+    out = _band_limit(low + high, 3800.0)
+    assert float((out - low).pow(2).mean()) < 1e-4 * float(low.pow(2).mean())
+
+
+def test_a_robust_check_needs_the_degraded_copy_lost_too(attack, shared_data) -> None:
+    """With `robust_check` a check that hears nothing on the file also decodes a band-limited, noisy copy, and
+    the stop needs both lost; the first state lost on the file itself is kept as the fallback."""
+    _, prot = attack
+    audio = load_pcm(shared_data / "audio" / "LJ002-0020.wav")
+    # Clean; step 2: file lost, copy not; step 4: both lost, then the fallback's full decode; step 6: both lost,
+    # then the evaluator's decoding of the file and of the copy.
+    script = ["in 1813", "", "in 1813", "", "", "", "", "", "", ""]
+    calls: list[bool] = []
+    listen = scripted_listen([(t, False) for t in script], calls)
+    cfg = AttackConfig(robust_check=True, robust_prob=0.5, steps=20, check_every=2, check_every_holding=2)
+    _, figures = prot._attack.run(audio, replace(cfg, codec_every=2), codec=lambda d: audio + d, listen=listen)
+    assert calls == [True, False, False, False, False, True, False, False, True, True]
+    assert figures["stopped_at"] == 6 and figures["target_reached"] and figures["fallback_step"] == 4

@@ -121,6 +121,16 @@ class AttackConfig:
     feature_project: bool = False  # ... its gradient stripped of any component against the Whisper terms' (Whisper
     # first, at every step, instead of only by yielding at a holding check; first-order only: Adam's per-coordinate
     # scaling still lets the term slow Whisper, jfk 16 -> 36 steps)
+    robust_prob: float = 0.0  # robustness beyond the output codec: the share of steps that hear the track through a
+    # random band limit (`robust_lowpass_hz`) and white noise (`robust_noise_db` below the speech), as a re-encode
+    # at a low bitrate, a telephone band or a noisy playback would
+    robust_lowpass_hz: tuple[float, float] = (3400.0, 8000.0)
+    robust_noise_db: tuple[float, float] = (30.0, 50.0)
+    robust_check: bool = False  # ... and the stop also needs the goal reached on a degraded copy of the delivered
+    # track (band-limited to `degraded_lowpass_hz`, white noise `degraded_noise_db` below the speech); a run that
+    # never gets there returns the first state found lost on the file itself
+    degraded_lowpass_hz: float = 3800.0
+    degraded_noise_db: float = 35.0
     margin_db: float = 0.3
     precision: str = "float32"  # the surrogate's weights: float32 | bfloat16 | auto (bfloat16 where native). bfloat16:
     # ~25% less per step, but 7 clips x seeds 0/1/2 (2 threads): common_voice 80% Whisper with seed 2 (float32: 100%)
@@ -146,6 +156,15 @@ def plan_windows(n: int) -> list[Window]:
     consecutive 30 s windows, the last one shorter and padded."""
     content = max(1, n // HOP)
     return [Window(seek, min(N_FRAMES, content - seek)) for seek in range(0, content, N_FRAMES)]
+
+
+def _band_limit(x: torch.Tensor, cutoff_hz: float, transition_hz: float = 300.0) -> torch.Tensor:
+    """`x` (16 kHz) low-passed at `cutoff_hz` with a raised-cosine transition, in the frequency domain
+    (differentiable)."""
+    spectrum = torch.fft.rfft(x)
+    hz = torch.fft.rfftfreq(x.shape[-1], 1.0 / SAMPLE_RATE).to(x.device)
+    edge = ((hz - (cutoff_hz - transition_hz / 2)) / transition_hz).clamp(0.0, 1.0)
+    return torch.fft.irfft(spectrum * (0.5 + 0.5 * torch.cos(torch.pi * edge)), n=x.shape[-1])
 
 
 def _delay(x: torch.Tensor, samples: int) -> torch.Tensor:
@@ -311,13 +330,15 @@ class WhisperAttack:
             coded = np.pad(coded, (0, n - coded.shape[0]))
             return torch.from_numpy(coded).to(device) - delta_now.detach()
 
-        def hear(audio: torch.Tensor, exact: bool = True) -> Heard:
+        def hear(audio: torch.Tensor, exact: bool = True, degraded: bool = False) -> Heard:
             """The recogniser on `audio` as delivered (priming delay first). The cheap check takes the language
             from the surrogate (its own detection is a second 30 s encoder pass, as costly as the transcription) and,
             with `check_encoder="surrogate"`, the first window's encoder output too (see `_hear_on_surrogate`)."""
             assert listen is not None
             language = None
             delivered = np.pad(audio.detach().cpu().numpy(), (cfg.priming_delay, 0))
+            if degraded:
+                delivered = degrade(delivered)
             if not exact and check_context is not None:
                 return _hear_on_surrogate(s, listen, delivered, check_context)
             if not exact:
@@ -396,6 +417,14 @@ class WhisperAttack:
         feature_weight = cfg.feature_weight
         stalled_at: int | None = None  # the check that turned the end-of-text margin on
 
+        speech_power = float(signal.pow(2).mean())
+
+        def degrade(audio: np.ndarray) -> np.ndarray:
+            """The robust check's copy: band-limited and with white noise (seeded per call site, not per draw)."""
+            low = _band_limit(torch.from_numpy(audio), cfg.degraded_lowpass_hz).numpy()
+            noise = np.random.default_rng(cfg.seed).standard_normal(audio.shape).astype(np.float32)
+            return low + noise * np.float32(np.sqrt(speech_power / 10 ** (cfg.degraded_noise_db / 10)))
+
         def as_delivered(delta: torch.Tensor) -> np.ndarray:
             """The 16 kHz audio a recogniser loads from the file written with `delta`."""
             if deliver is None:
@@ -423,16 +452,23 @@ class WhisperAttack:
                 assert clean_heard is not None
                 with timed("check"):
                     now = hear(base + delta, exact=False)
-                streak = streak + 1 if reached(cfg, clean_heard, now, len(windows)) else 0
                 lost_streak = lost_streak + 1 if lost(clean_heard, now, cfg.stop_wer, cfg.stop_recovered) else 0
-                confirmed: Heard | None = None
+                if cfg.robust_check and reached(cfg, clean_heard, now, len(windows)):
+                    with timed("check"):
+                        other = hear(base + delta, exact=False, degraded=True)
+                    now = now if reached(cfg, clean_heard, other, len(windows)) else other
+                streak = streak + 1 if reached(cfg, clean_heard, now, len(windows)) else 0
+                confirmed: Heard | None = None  # the evaluator's decoding of the file itself, when it ran
                 if streak >= cfg.confirmations:
                     # Confirmed as the evaluator decodes, on the file as delivered when the protector says how.
                     with timed("confirm"):
                         delivered = as_delivered(delta)
                         for draw in range(1 + (cfg.redraws if short else 0)):
                             draws += bool(draw)
-                            now = listen(delivered, True, None)
+                            now = confirmed = listen(delivered, True, None)
+                            if cfg.robust_check and reached(cfg, clean_heard, now, len(windows)):
+                                other = listen(degrade(delivered), True, None)
+                                now = now if reached(cfg, clean_heard, other, len(windows)) else other
                             streak = streak if reached(cfg, clean_heard, now, len(windows)) else 0
                             if not streak or not now.sampled:
                                 break
@@ -440,8 +476,8 @@ class WhisperAttack:
                         share = (draw + bool(streak)) / (draw + 1)
                         if share and (best is None or share >= best[0]):
                             best = (share, step, _numpy(delta))
-                        confirmed = now
-                if cfg.objective != "untargeted" and fallback is None and lost_streak >= cfg.confirmations:
+                goal_beyond_lost = cfg.objective != "untargeted" or cfg.robust_check
+                if goal_beyond_lost and fallback is None and lost_streak >= cfg.confirmations:
                     if confirmed is None:
                         with timed("confirm"):
                             confirmed = listen(as_delivered(delta), True, None)
@@ -477,6 +513,14 @@ class WhisperAttack:
                 if cfg.priming_delay and float(torch.rand(1, generator=gen)) < 0.5:
                     lag += cfg.priming_delay
                 heard_audio = _delay(heard_audio, lag)
+            if cfg.robust_prob and float(torch.rand(1, generator=gen)) < cfg.robust_prob:
+                # Expectation over what may happen to the file after delivery: a band limit and noise.
+                lo, hi = cfg.robust_lowpass_hz
+                heard_audio = _band_limit(heard_audio, lo + (hi - lo) * float(torch.rand(1, generator=gen)))
+                quiet, loud = cfg.robust_noise_db
+                snr = loud + (quiet - loud) * float(torch.rand(1, generator=gen))
+                noise = torch.randn(heard_audio.shape, generator=gen).to(device)
+                heard_audio = heard_audio + noise * (speech_power / 10 ** (snr / 10)) ** 0.5
             features = s.features(heard_audio[None])
             loss = torch.zeros((), device=device)
             feature_grad: torch.Tensor | None = None
