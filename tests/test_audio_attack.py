@@ -479,3 +479,14 @@ def test_a_robust_check_needs_the_degraded_copy_lost_too(attack, shared_data) ->
     _, figures = prot._attack.run(audio, replace(cfg, codec_every=2), codec=lambda d: audio + d, listen=listen)
     assert calls == [True, False, False, False, False, True, False, False, True, True]
     assert figures["stopped_at"] == 6 and figures["target_reached"] and figures["fallback_step"] == 4
+
+
+def test_a_jobs_targeted_objective_reaches_the_attack(tmp_path) -> None:
+    """The job's outcome (AudioContext.objective / phrase) replaces the protector's own when it is targeted."""
+    settings = load_settings(base_dir=tmp_path, model_cache_dir=MODEL_CACHE)
+    prot = create(settings, ModelRegistry(settings))
+    assert prot.config_for("weak").objective == "untargeted"
+    cfg = prot.config_for("strong", "phrase", "hello there")
+    assert (cfg.objective, cfg.phrase, cfg.snr_db) == ("phrase", "hello there", 30.0)
+    silent = create(settings, ModelRegistry(settings), AttackConfig(objective="silence"))
+    assert silent.config_for("weak", "untargeted").objective == "silence"

@@ -116,7 +116,7 @@ class WhisperAudioProtector:
         started, cpu_started = time.perf_counter(), time.process_time()
         pcm = np.ascontiguousarray(pcm, dtype=np.float32)
         rate = int(ctx.sample_rate)
-        cfg = self.config_for(ctx.level, getattr(ctx, "objective", None), getattr(ctx, "phrase", ""))
+        cfg = self.config_for(ctx.level, ctx.objective, ctx.phrase)
         protected = pcm.copy()
         groups = channel_groups(pcm)
         figures: list[dict[str, Any]] = []
