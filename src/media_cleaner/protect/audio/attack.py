@@ -435,7 +435,7 @@ class WhisperAttack:
             delta = istft(shape * torch.complex(v[0], v[1]), n)
             return delta * sliding_budget_gain(delta, signal, SAMPLE_RATE, cfg.snr_db + cfg.margin_db)
 
-        if clean_heard is not None and reached(cfg, clean_heard, clean_heard, len(windows)):
+        if clean_heard is not None and cfg.objective != "phrase" and nothing_heard(clean_heard.text):
             stopped_at = 0  # nothing recognisable to begin with (untargeted, silence)
         for step in range(cfg.steps if stopped_at is None else 0):
             if stopped_at is not None and step >= stopped_at + cfg.margin_steps:
@@ -678,11 +678,16 @@ def _without_conflict(g: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return g - dot / reference.pow(2).sum().clamp(min=1e-30) * reference
 
 
+def nothing_heard(text: str) -> bool:
+    """No letter or digit: punctuation alone ("...") is nothing heard."""
+    return not any(ch.isalnum() for ch in text)
+
+
 def reached(cfg: AttackConfig, clean: Heard, now: Heard, windows: int = 1) -> bool:
     """Whether `now` (what the recogniser hears) is the outcome `cfg` aims at: the clean transcript lost
     (untargeted), nothing heard (silence), or the phrase once per window within `phrase_wer` (phrase)."""
     if cfg.objective == "silence":
-        return not any(ch.isalnum() for ch in now.text)  # punctuation alone ("...") is nothing heard
+        return nothing_heard(now.text)
     if cfg.objective == "phrase":
         return bool(now.text) and wer(" ".join([cfg.phrase] * windows), now.text) <= cfg.phrase_wer
     return lost(clean, now, cfg.stop_wer, cfg.stop_recovered)
