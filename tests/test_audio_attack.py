@@ -440,7 +440,7 @@ def test_a_targeted_run_stops_on_its_own_goal(attack, shared_data, objective: st
     assert figures["stopped_at"] == stop and figures["steps_run"] == stop, figures
     # The clean track, the fallback's decode of the first lost state, the confirming decode.
     assert calls[-1] is True and calls.count(True) == 3
-    assert figures["last_window_terms"].keys() >= ({"eot_margin"} if objective == "silence" else {"phrase"})
+    assert figures["last_window_terms"].keys() >= ({"eot_margin"} if objective == "silence" else {"phrase", "clean"})
 
 
 def test_a_targeted_run_that_misses_its_goal_returns_the_first_lost_state(attack, shared_data) -> None:

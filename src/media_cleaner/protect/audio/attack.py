@@ -228,7 +228,14 @@ class WhisperAttack:
             phrase = (token_logp * weights).sum(-1)[0] / counts[0].clamp(min=1.0)
             # The phrase is taught under the track's language: its detection must stay (held, not pushed past ~95%).
             language = at_sot[prompt.sot_sequence[1]].clamp(max=-0.05)
-            return -phrase - language, {"phrase": value(phrase), "language": value(language)}
+            loss, terms = -phrase - language, {"phrase": value(phrase), "language": value(language)}
+            if cfg.decoder_weight and bool(has[1:].any()):
+                # The clean transcript (the next row) pushed down too: taught alone, the phrase left jfk's words
+                # standing (27% WER at 160 steps) where the phrase was not heard.
+                clean = (token_logp[1:].clamp(min=-12.0) * weights[1:]).sum(-1)[has[1:]] / counts[1:][has[1:]]
+                loss = loss + cfg.decoder_weight * clean.mean()
+                terms["clean"] = value(clean.mean())
+            return loss, terms
         loss = -cfg.eot_weight * eot - cfg.no_speech_weight * no_speech
         terms = {"eot": value(eot), "no_speech": value(no_speech)}
         if cfg.eot_margin_weight:
@@ -381,10 +388,10 @@ class WhisperAttack:
             prompts = [s.prompt(lang) for lang in languages]
             if cfg.objective == "phrase":
                 phrase = s.tokenizer.encode(" " + cfg.phrase.strip())
-                targets = [phrase + [p.eot] for p in prompts]
-            else:
-                targets = clean if untargeted else [[] for _ in prompts]
-            targets = [[t] if t else [] for t in targets]  # per window, every transcript seen so far
+                # Per window: the phrase (first row), the clean transcript (pushed down beside it).
+                targets = [[phrase + [p.eot], *([c] if c else [])] for p, c in zip(prompts, clean, strict=True)]
+            else:  # per window, every transcript seen so far
+                targets = [[t] if t else [] for t in (clean if untargeted else [[] for _ in prompts])]
             decoding = [[p] for p in prompts]  # per window, the language prompts the transcript is pushed under
             rows = [self._rows(d, t, device) for d, t in zip(decoding, targets, strict=True)]
             candidates: list[torch.Tensor | None] = [None] * len(windows)
