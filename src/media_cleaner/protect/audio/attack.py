@@ -12,8 +12,9 @@ Objectives:
   timestamp, as faster-whisper decodes), of the track's language at language detection, and raise end-of-text
   right after the first timestamp (its log-probability, and its logit's lead over the best text token, under every
   language prompt pushed) plus the no-speech probability (an empty transcript is the best protection);
-- silence: the untargeted terms with end-of-text (its log-probability and its margin under every language prompt)
-  and no-speech at full weight from the first step; stops once the recogniser hears nothing;
+- silence: the untargeted attack until the evaluator's decoding finds the transcript lost, then its terms with
+  end-of-text (its log-probability and its margin under every language prompt) and no-speech at full weight;
+  stops once the recogniser hears nothing, and returns that lost state if it never gets there;
 - phrase: teacher-force a chosen phrase (then end-of-text) under the track's language, whose detection is held;
   stops once the recogniser hears the phrase (within `phrase_wer`).
 """
@@ -322,9 +323,8 @@ class WhisperAttack:
         signal = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
         n = signal.shape[0]
         windows = plan_windows(n)
-        if cfg.objective == "silence":
-            cfg = silence_config(cfg)
-        # Silence pushes the words down as the untargeted attack does: see `silence_config`.
+        # Silence starts as the untargeted attack (see `silence_config`) and aims at the empty transcript once a
+        # lost state is in hand.
         untargeted = cfg.objective in ("untargeted", "silence") and bool(cfg.decoder_weight)
 
         def coded_base(delta_now: torch.Tensor) -> torch.Tensor:
@@ -490,13 +490,16 @@ class WhisperAttack:
                             confirmed = listen(as_delivered(delta), True, None)
                     if lost(clean_heard, confirmed, cfg.stop_wer, cfg.stop_recovered):
                         fallback = (step, _numpy(delta))
+                        if cfg.objective == "silence":
+                            cfg = silence_config(cfg)
                     else:
                         lost_streak = 0
                 recovered = words_recovered(clean_heard.text, now.text)
                 holding = recovered >= cfg.holding
                 feature_weight *= cfg.feature_yield if holding and step >= cfg.feature_grace else 1.0
                 if (
-                    cfg.objective == "untargeted"
+                    cfg.objective in ("untargeted", "silence")
+                    and fallback is None
                     and recovered >= cfg.stall_recovered
                     and cfg.stall_margin_weight
                     and step >= cfg.stall_after
@@ -701,9 +704,10 @@ def reached(cfg: AttackConfig, clean: Heard, now: Heard, windows: int = 1) -> bo
 
 
 def silence_config(cfg: AttackConfig) -> AttackConfig:
-    """The silence objective: the untargeted terms (every transcript heard pushed down, the language away) with
-    end-of-text, its margin under every language prompt, and no-speech at full weight from the first step.
-    faster-whisper drops a window only when its no-speech probability is > 0.6 *and* the decoded text's average
+    """The silence objective once a lost state is in hand (until then it runs as the untargeted attack: with these
+    terms from the first step, LJ002 and the GRID clips were never lost in 160 steps, 60-67% WER): the untargeted
+    terms (every transcript heard pushed down, the language away) with end-of-text, its margin under every
+    language prompt, and no-speech at full weight. faster-whisper drops a window only when its no-speech probability is > 0.6 *and* the decoded text's average
     log-probability is < -1, and its beam ranks the empty transcript by end-of-text's log-probability against a
     sentence's *average* per token: pulling end-of-text and no-speech up alone (jfk, 160 steps: no-speech 0.88,
     end-of-text leading by 2 greedily) left the beam a confident sentence, so the words must lose their
