@@ -388,8 +388,13 @@ class WhisperAttack:
             prompts = [s.prompt(lang) for lang in languages]
             if cfg.objective == "phrase":
                 phrase = s.tokenizer.encode(" " + cfg.phrase.strip())
-                # Per window: the phrase (first row), the clean transcript (pushed down beside it).
-                targets = [[phrase + [p.eot], *([c] if c else [])] for p, c in zip(prompts, clean, strict=True)]
+                # Per window: the phrase closed by a timestamp at the window's end, then end-of-text (first row; with
+                # end-of-text straight after the text, jfk at 30 dB heard the phrase repeated over its 11 s in new
+                # segments), and the clean transcript pushed down beside it.
+                targets = [
+                    [[*phrase, _closing_timestamp(p, w), p.eot], *([c] if c else [])]
+                    for p, c, w in zip(prompts, clean, windows, strict=True)
+                ]
             else:  # per window, every transcript seen so far
                 targets = [[t] if t else [] for t in (clean if untargeted else [[] for _ in prompts])]
             decoding = [[p] for p in prompts]  # per window, the language prompts the transcript is pushed under
@@ -734,6 +739,11 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 def _span(w: Window) -> tuple[float, float]:
     """The window's time span in seconds."""
     return w.seek * HOP / SAMPLE_RATE, (w.seek + N_FRAMES) * HOP / SAMPLE_RATE
+
+
+def _closing_timestamp(prompt: Prompt, w: Window) -> int:
+    """The timestamp token at the end of the window's audio (Whisper's timestamps step by 20 ms)."""
+    return prompt.first_timestamp + round(min(w.frames * HOP / SAMPLE_RATE, 30.0) / 0.02)
 
 
 def _token_limit(w: Window) -> int:
