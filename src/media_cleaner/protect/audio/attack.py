@@ -710,13 +710,14 @@ def reached(cfg: AttackConfig, clean: Heard, now: Heard, windows: int = 1) -> bo
 
 def silence_config(cfg: AttackConfig) -> AttackConfig:
     """The silence objective once a lost state is in hand (until then it runs as the untargeted attack: with these
-    terms from the first step, LJ002 and the GRID clips were never lost in 160 steps, 60-67% WER): the untargeted
-    terms (every transcript heard pushed down, the language away) with end-of-text, its margin under every
-    language prompt, and no-speech at full weight. faster-whisper drops a window only when its no-speech probability is > 0.6 *and* the decoded text's average
-    log-probability is < -1, and its beam ranks the empty transcript by end-of-text's log-probability against a
-    sentence's *average* per token: pulling end-of-text and no-speech up alone (jfk, 160 steps: no-speech 0.88,
-    end-of-text leading by 2 greedily) left the beam a confident sentence, so the words must lose their
-    probability too."""
+    terms from the first step, LJ002 and the GRID clips were not lost on the file at the 160-step cap, 60-67% WER):
+    the untargeted terms (every transcript heard pushed down, the language away) with end-of-text, its margin under
+    every language prompt, and no-speech at full weight. faster-whisper drops a window only when its no-speech
+    probability is > 0.6 *and* the decoded text's average log-probability is < -1, and its beam ranks the empty
+    transcript by end-of-text's log-probability against a sentence's *average* per token: pulling end-of-text and
+    no-speech up alone (jfk, 160 steps: no-speech 0.88, end-of-text leading by 2 greedily) left the beam a confident
+    sentence, so the words must lose their probability too.
+    """
     return replace(
         cfg, eot_weight=1.0, no_speech_weight=1.0, eot_margin_weight=cfg.stall_margin_weight, eot_all_prompts=True
     )
