@@ -26,6 +26,7 @@ import numpy as np
 
 from media_cleaner.config import load_settings
 from media_cleaner.evaluate.quality import finite, snr_db, worst_window_snr_db
+from media_cleaner.evaluate.reencode import decode_native
 from media_cleaner.evaluate.speech import encode_aac, load_pcm, speech_efficacy
 from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.progress import CancelToken
@@ -64,21 +65,6 @@ def clips() -> list[tuple[str, Path, str | None]]:
     out.append(("bench_720p", DATA / "bench" / "talking_crowd_720p.mp4", JFK))
     out.append(("multilingual_60s", audio / "multilingual.mp3", None))
     return [c for c in out if c[1].is_file()]
-
-
-def decode_native(path: Path) -> tuple[np.ndarray, int]:
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        rate, layout = stream.codec_context.sample_rate, stream.codec_context.layout.name
-        channels = stream.codec_context.channels
-        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
-        chunks = [
-            f.to_ndarray().reshape(channels, -1) for fr in container.decode(stream) for f in resampler.resample(fr)
-        ]
-        chunks += [f.to_ndarray().reshape(channels, -1) for f in resampler.resample(None)]
-    return np.concatenate(chunks, axis=1).astype(np.float32), rate
 
 
 def end_to_end_snr(original: np.ndarray, rate: int, path: Path) -> float | None:
