@@ -257,3 +257,30 @@ def test_the_stop_is_decided_on_the_file_as_delivered(tmp_path, shared_data) -> 
     assert exact_calls[0].shape == off.shape and np.array_equal(exact_calls[0], off)
     assert exact_calls[1].shape == delivered.shape and np.array_equal(exact_calls[1], delivered)
     assert not np.array_equal(off, delivered)
+
+
+@pytest.mark.slow
+def test_silence_at_the_strong_level_is_heard_as_nothing(tmp_path, shared_data) -> None:
+    """The targeted outcome end to end: a job asking for silence gets a file on which Whisper (the evaluator's own
+    decoding) hears nothing, and the report says so (measured: grid_bbaf2n at the strong level, 36 steps)."""
+    from media_cleaner.evaluate.reencode import decode_native
+    from media_cleaner.evaluate.speech import encode_aac, wer, whisper_transcribe
+
+    settings = load_settings(base_dir=tmp_path, model_cache_dir=MODEL_CACHE, torch_threads=1)
+    prot = create(settings, ModelRegistry(settings))
+    pcm, rate = decode_native(shared_data / "video" / "grid_bbaf2n.mpg")
+    ctx = AudioContext(
+        settings=settings,
+        level="strong",
+        objective="silence",
+        sample_rate=rate,
+        channels=pcm.shape[0],
+        cancel=CancelToken(),
+    )
+    out = prot.protect_track(pcm, ctx)
+    group = ctx.stats["groups"][0]
+    assert ctx.stats["objective"] == "silence" and ctx.stats["perturbation_worst_1s_snr_db"] >= 30.0
+    heard = whisper_transcribe(load_pcm(encode_aac(out, rate, tmp_path / "p.m4a")), settings)
+    assert group["target_reached"] and group["stopped_at"] == group["steps_run"], group
+    assert not any(ch.isalnum() for ch in heard), heard
+    assert wer("bin blue at f two now", heard) >= 1.0
