@@ -27,13 +27,17 @@ AUDIO_LEVEL_ALIASES: dict[str, AudioLevel] = {
 }
 
 
+def _canonical(value: str, aliases: dict[str, Any], what: str) -> Any:
+    """`value` (any case, spaces around) looked up in `aliases`, or ValueError naming `what` and the choices."""
+    key = str(value).strip().lower()
+    if key not in aliases:
+        raise ValueError(f"unknown {what} {value!r}; expected one of: {', '.join(aliases)}")
+    return aliases[key]
+
+
 def normalise_audio_level(value: str) -> AudioLevel:
     """Map `weak/medium/strong` or `слабый/средний/сильный` (any case) to the canonical English name."""
-    key = str(value).strip().lower()
-    if key not in AUDIO_LEVEL_ALIASES:
-        allowed = ", ".join(AUDIO_LEVEL_ALIASES)
-        raise ValueError(f"unknown audio level {value!r}; expected one of: {allowed}")
-    return AUDIO_LEVEL_ALIASES[key]
+    return _canonical(value, AUDIO_LEVEL_ALIASES, "audio level")
 
 
 AudioObjective = Literal["untargeted", "silence", "phrase"]
@@ -52,11 +56,7 @@ AUDIO_PHRASE_MAX_CHARS = 200
 
 def normalise_audio_objective(value: str) -> AudioObjective:
     """Map `untargeted/silence/phrase` or `нецелевая/тишина/фраза` (any case) to the canonical English name."""
-    key = str(value).strip().lower()
-    if key not in AUDIO_OBJECTIVE_ALIASES:
-        allowed = ", ".join(AUDIO_OBJECTIVE_ALIASES)
-        raise ValueError(f"unknown audio objective {value!r}; expected one of: {allowed}")
-    return AUDIO_OBJECTIVE_ALIASES[key]
+    return _canonical(value, AUDIO_OBJECTIVE_ALIASES, "audio objective")
 
 
 def check_audio_target(objective: str, phrase: str | None) -> tuple[AudioObjective, str]:
