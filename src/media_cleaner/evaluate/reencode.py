@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from media_cleaner.evaluate.speech import RATE, encode_aac, load_pcm, resample_mono
+from media_cleaner.evaluate.speech import RATE, encode_aac, load_pcm, resample_mono, write_pcm
 
 Transform = Callable[[str | Path], np.ndarray]
 
@@ -39,16 +39,6 @@ def decode_native(path: str | Path) -> tuple[np.ndarray, int]:
     return np.concatenate(chunks, axis=1).astype(np.float32), rate
 
 
-def _frames(pcm: np.ndarray, rate: int, layout: str, size: int = 4096):
-    import av
-
-    data = np.ascontiguousarray(np.clip(pcm, -1.0, 1.0), dtype=np.float32)
-    for start in range(0, data.shape[1], size):
-        frame = av.AudioFrame.from_ndarray(data[:, start : start + size], format="fltp", layout=layout)
-        frame.sample_rate = rate
-        yield frame
-
-
 def encode_with(
     pcm: np.ndarray, rate: int, path: str | Path, codec: str, bitrate: int, out_rate: int, fmt: str, sample_fmt: str
 ) -> Path:
@@ -64,13 +54,7 @@ def encode_with(
         stream.codec_context.layout = layout
         stream.codec_context.format = sample_fmt
         stream.codec_context.bit_rate = bitrate
-        resampler = av.AudioResampler(format=sample_fmt, layout=layout, rate=out_rate)
-        for frame in [*_frames(pcm, rate, layout), None]:
-            for chunk in resampler.resample(frame):
-                for packet in stream.encode(chunk):
-                    out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+        write_pcm(out, stream, pcm, rate, layout, sample_fmt)
     return path
 
 

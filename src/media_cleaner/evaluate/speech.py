@@ -176,17 +176,28 @@ def encode_aac(pcm: np.ndarray, rate: int, path: str | Path, bitrate: str = "128
     path = Path(path)
     with av.open(str(path), "w", format="mp4") as out:
         stream = add_aac_stream(out, rate, layout, bitrate)
-        resampler = av.AudioResampler(format="fltp", layout=layout, rate=stream.rate)
-        data = np.ascontiguousarray(np.clip(pcm, -1.0, 1.0), dtype=np.float32)
+        write_pcm(out, stream, pcm, rate, layout, "fltp")
+    return path
+
+
+def write_pcm(out: Any, stream: Any, pcm: np.ndarray, rate: int, layout: str, sample_fmt: str) -> None:
+    """Encode (channels, samples) float PCM at `rate` into `stream` of the open container `out` (clipped, in
+    4096-sample frames, resampled to the stream's rate and `sample_fmt`), flushing resampler and encoder."""
+    import av
+
+    resampler = av.AudioResampler(format=sample_fmt, layout=layout, rate=stream.rate)
+    data = np.ascontiguousarray(np.clip(pcm, -1.0, 1.0), dtype=np.float32)
+
+    def frames() -> Iterable[Any]:  # one at a time: a long track is not held twice
         for start in range(0, data.shape[1], 4096):
             frame = av.AudioFrame.from_ndarray(data[:, start : start + 4096], format="fltp", layout=layout)
             frame.sample_rate = rate
-            for chunk in resampler.resample(frame):
-                for packet in stream.encode(chunk):
-                    out.mux(packet)
-        for chunk in resampler.resample(None):
+            yield frame
+        yield None  # flushes the resampler
+
+    for frame in frames():
+        for chunk in resampler.resample(frame):
             for packet in stream.encode(chunk):
                 out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    for packet in stream.encode(None):
+        out.mux(packet)
