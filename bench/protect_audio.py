@@ -31,6 +31,7 @@ from media_cleaner.evaluate.speech import encode_aac, load_pcm, speech_efficacy
 from media_cleaner.models.registry import ModelRegistry
 from media_cleaner.progress import CancelToken
 from media_cleaner.protect.audio import AttackConfig, create
+from media_cleaner.protect.audio.attack import nothing_heard
 from media_cleaner.protect.audio.codec import _lag
 from media_cleaner.protect.base import AudioContext
 
@@ -133,7 +134,7 @@ def target_outcome(config: AttackConfig, heard: str) -> dict[str, object]:
     from media_cleaner.evaluate.speech import wer
 
     if config.objective == "silence":
-        return {"target_reached": not any(ch.isalnum() for ch in heard)}
+        return {"target_reached": nothing_heard(heard)}
     if config.objective == "phrase":
         miss = round(wer(config.phrase, heard), 4)
         return {"phrase": config.phrase, "whisper_wer_vs_phrase": miss, "target_reached": miss <= config.phrase_wer}
