@@ -12,6 +12,7 @@ from media_cleaner.config import Settings, load_settings
 
 if TYPE_CHECKING:
     from client_fixture_server import FakeState, ServerThread
+    from pg import PgCluster
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -45,3 +46,13 @@ def server(state: FakeState) -> Iterator[ServerThread]:
 
     with ServerThread(create_fake_app(state)) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL cluster per test module (skips, or fails in CI, where PostgreSQL is not installed)."""
+    from pg import start_cluster
+
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()

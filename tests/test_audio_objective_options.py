@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from media_cleaner.progress import CancelToken
 from media_cleaner.protect.base import AudioContext
 from media_cleaner.storage import open_storage
 from media_cleaner.worker.runner import WorkerContext, run_task
-from pg import PgCluster, start_cluster
+from pg import PgCluster
 from test_db_migrations import drift
 
 PHRASE = "open the door"
@@ -256,13 +255,6 @@ def _check_upgrade_keeps_old_rows(url: str) -> None:
 
 def test_migration_0003_on_sqlite(tmp_path: Path) -> None:
     _check_upgrade_keeps_old_rows(f"sqlite:///{tmp_path / 'tasks.db'}")
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PgCluster]:
-    cluster = start_cluster()
-    yield cluster
-    cluster.stop()
 
 
 def test_migration_0003_on_postgres(postgres: PgCluster) -> None:

@@ -3,7 +3,6 @@ the migrations and the SQLAlchemy models, concurrent upgrades from several nodes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from media_cleaner.jobs.backends.procrastinate_backend import conninfo
 from media_cleaner.jobs.migrate import alembic_config, current_revision, head_revision, upgrade
 from media_cleaner.jobs.models import Base
 from media_cleaner.jobs.store import TaskStore
-from pg import PgCluster, start_cluster
+from pg import PgCluster
 
 APP_TABLES = {"tasks", "workers", "webhook_deliveries", "alembic_version"}
 
@@ -40,13 +39,6 @@ def drift(url: str) -> list:
             return compare_metadata(context, Base.metadata)
     finally:
         engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PgCluster]:
-    cluster = start_cluster()
-    yield cluster
-    cluster.stop()
 
 
 def test_sqlite_fresh_upgrade_is_idempotent_and_matches_models(tmp_path: Path) -> None:

@@ -25,14 +25,7 @@ from media_cleaner.jobs.backends.procrastinate_backend import (
 from media_cleaner.jobs.migrate import upgrade
 from media_cleaner.jobs.models import Task, TaskStatus, utcnow
 from media_cleaner.jobs.store import TaskStore
-from pg import PgCluster, start_cluster
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PgCluster]:
-    cluster = start_cluster()
-    yield cluster
-    cluster.stop()
+from pg import PgCluster
 
 
 @pytest.fixture
